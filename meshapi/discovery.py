@@ -1,0 +1,232 @@
+"""The discovery stream between the controller and each node (DESIGN.md "Control protocol").
+
+Transport (owned by the controller and the node components, not by this module):
+``GET /v1/discovery?epoch=E&version=V`` on the controller API (TLS, ``Authorization: Bearer
+<node token>``) answers ``application/x-ndjson``: one JSON message per line.
+
+Messages:
+
+* ``{"type": "snapshot", "epoch": E, "version": V, "workloads": [...], "services": [...]}``
+  replaces everything the node knew.
+* ``{"type": "delta", "epoch": E, "version": V, "upsert": {"workloads": [...], "services":
+  [...]}, "remove": {"workloads": [uid...], "services": ["ns/name"...]}}`` moves the node from
+  version ``V-1`` to ``V``.
+* ``{"type": "heartbeat", "epoch": E, "version": V}`` every few seconds so a silent peer is
+  detected; it changes nothing.
+
+``epoch`` is random per controller start. A node that reconnects with the epoch and version it
+last applied gets the deltas after that version, if the controller still holds them; otherwise
+(other epoch, version too old) it gets a fresh snapshot. :class:`DiscoveryState` is the sans-I/O
+client side of that contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from meshapi import wire
+from meshapi.errors import WireError
+from meshapi.ids import ServiceKey
+from meshapi.model import Service, Workload
+
+MAX_LINE_BYTES = 16 * 1024 * 1024
+HEARTBEAT_SECONDS = 5.0
+#: a node treats a stream with no line for this long as dead and reconnects
+STREAM_IDLE_TIMEOUT_SECONDS = 3 * HEARTBEAT_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    epoch: str
+    version: int
+    workloads: tuple[Workload, ...]
+    services: tuple[Service, ...]
+    type: Literal["snapshot"] = "snapshot"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": "snapshot",
+            "epoch": self.epoch,
+            "version": self.version,
+            "workloads": [w.to_wire() for w in self.workloads],
+            "services": [s.to_wire() for s in self.services],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    epoch: str
+    version: int
+    upsert_workloads: tuple[Workload, ...] = ()
+    upsert_services: tuple[Service, ...] = ()
+    remove_workloads: tuple[str, ...] = ()
+    remove_services: tuple[str, ...] = ()
+    type: Literal["delta"] = "delta"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": "delta",
+            "epoch": self.epoch,
+            "version": self.version,
+            "upsert": {
+                "workloads": [w.to_wire() for w in self.upsert_workloads],
+                "services": [s.to_wire() for s in self.upsert_services],
+            },
+            "remove": {
+                "workloads": list(self.remove_workloads),
+                "services": list(self.remove_services),
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    epoch: str
+    version: int
+    type: Literal["heartbeat"] = "heartbeat"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": "heartbeat", "epoch": self.epoch, "version": self.version}
+
+
+Message = Snapshot | Delta | Heartbeat
+
+
+def decode(value: object) -> Message:
+    """Parse one decoded JSON line of the stream."""
+    obj = wire.as_mapping(value, "")
+    kind = wire.req_str(obj, "type", "")
+    epoch = wire.req_str(obj, "epoch", "")
+    version = wire.req_int(obj, "version", "", 0, 2**63 - 1)
+    if kind == "heartbeat":
+        return Heartbeat(epoch, version)
+    if kind == "snapshot":
+        return Snapshot(
+            epoch,
+            version,
+            workloads=_workloads(obj.get("workloads", []), "workloads"),
+            services=_services(obj.get("services", []), "services"),
+        )
+    if kind == "delta":
+        upsert = wire.as_mapping(obj.get("upsert", {}), "upsert")
+        remove = wire.as_mapping(obj.get("remove", {}), "remove")
+        return Delta(
+            epoch,
+            version,
+            upsert_workloads=_workloads(upsert.get("workloads", []), "upsert.workloads"),
+            upsert_services=_services(upsert.get("services", []), "upsert.services"),
+            remove_workloads=_strings(remove.get("workloads", []), "remove.workloads"),
+            remove_services=_strings(remove.get("services", []), "remove.services"),
+        )
+    raise WireError("type", f"unknown message type {kind!r}")
+
+
+def _workloads(value: object, path: str) -> tuple[Workload, ...]:
+    items = wire.as_list(value, path)
+    return tuple(Workload.from_wire(w, wire.join(path, i)) for i, w in enumerate(items))
+
+
+def _services(value: object, path: str) -> tuple[Service, ...]:
+    items = wire.as_list(value, path)
+    return tuple(Service.from_wire(s, wire.join(path, i)) for i, s in enumerate(items))
+
+
+def _strings(value: object, path: str) -> tuple[str, ...]:
+    items = wire.as_list(value, path)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise WireError(wire.join(path, i), f"expected a string, got {wire.type_name(item)}")
+    return tuple(items)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one applied message changed, so a node component reacts only to that."""
+
+    workloads: frozenset[str] = frozenset()
+    services: frozenset[str] = frozenset()
+    full: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.workloads or self.services or self.full)
+
+
+@dataclass
+class DiscoveryState:
+    """Client side of the discovery stream: the node's current view and where to resume."""
+
+    epoch: str = ""
+    version: int = 0
+    synced: bool = False
+    workloads: dict[str, Workload] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
+
+    def resume_params(self) -> Mapping[str, str]:
+        if not self.synced:
+            return {}
+        return {"epoch": self.epoch, "version": str(self.version)}
+
+    def apply(self, message: Message) -> Change:
+        """Apply one message. Raises WireError for a delta that does not follow our version;
+        the caller then reconnects without resume parameters and gets a snapshot."""
+        if isinstance(message, Heartbeat):
+            return Change()
+        if isinstance(message, Snapshot):
+            before_w, before_s = self.workloads, self.services
+            self.workloads = {w.key: w for w in message.workloads}
+            self.services = {s.key: s for s in message.services}
+            self.epoch, self.version, self.synced = message.epoch, message.version, True
+            return Change(
+                workloads=_diff(before_w, self.workloads),
+                services=_diff(before_s, self.services),
+                full=True,
+            )
+        if not self.synced or message.epoch != self.epoch or message.version != self.version + 1:
+            raise WireError(
+                "version",
+                f"delta {message.epoch}/{message.version} does not follow "
+                f"{self.epoch or '-'}/{self.version}; a fresh snapshot is needed",
+            )
+        changed_w: set[str] = set()
+        changed_s: set[str] = set()
+        for uid in message.remove_workloads:
+            if self.workloads.pop(uid, None) is not None:
+                changed_w.add(uid)
+        for key in message.remove_services:
+            ServiceKey.parse(key)
+            if self.services.pop(key, None) is not None:
+                changed_s.add(key)
+        for w in message.upsert_workloads:
+            self.workloads[w.key] = w
+            changed_w.add(w.key)
+        for s in message.upsert_services:
+            self.services[s.key] = s
+            changed_s.add(s.key)
+        self.version = message.version
+        return Change(workloads=frozenset(changed_w), services=frozenset(changed_s))
+
+
+def _diff(before: Mapping[str, object], after: Mapping[str, object]) -> frozenset[str]:
+    keys = set(before) | set(after)
+    return frozenset(k for k in keys if before.get(k) != after.get(k))
+
+
+def diff_to_delta(
+    epoch: str,
+    version: int,
+    before_w: Mapping[str, Workload],
+    after_w: Mapping[str, Workload],
+    before_s: Mapping[str, Service],
+    after_s: Mapping[str, Service],
+) -> Delta | None:
+    """The delta that turns (before_w, before_s) into (after_w, after_s), or None if equal."""
+    up_w = tuple(w for k, w in sorted(after_w.items()) if before_w.get(k) != w)
+    up_s = tuple(s for k, s in sorted(after_s.items()) if before_s.get(k) != s)
+    rm_w = tuple(sorted(set(before_w) - set(after_w)))
+    rm_s = tuple(sorted(set(before_s) - set(after_s)))
+    if not (up_w or up_s or rm_w or rm_s):
+        return None
+    return Delta(epoch, version, up_w, up_s, rm_w, rm_s)
