@@ -1,0 +1,36 @@
+"""Fixtures shared by every tier.
+
+* ``no_leaked_tasks`` (autouse): an async test that leaves asyncio tasks running fails.
+* ``require_root``: tiers that need root fail loudly (never skip) when not root: CI runs as root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    before = set(asyncio.all_tasks())
+    yield
+    # give cancelled tasks one loop turn to finish
+    await asyncio.sleep(0)
+    current = asyncio.current_task()
+    leaked = [
+        t for t in asyncio.all_tasks() - before if t is not current and not t.done()
+    ]
+    for t in leaked:
+        t.cancel()
+    if leaked:
+        pytest.fail(f"test leaked {len(leaked)} asyncio task(s): {[t.get_name() for t in leaked]}")
+
+
+@pytest.fixture
+def require_root() -> Iterator[None]:
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (network namespaces, iptables); run it as root")
+    yield
