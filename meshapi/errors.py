@@ -23,8 +23,10 @@ class WireError(MeshApiError):
         """The same error, its path prefixed (used when a nested parser re-raises)."""
         if not prefix:
             return self
-        joined = f"{prefix}.{self.path}" if self.path and not self.path.startswith("[") else (
-            f"{prefix}{self.path}"
+        joined = (
+            f"{prefix}.{self.path}"
+            if self.path and not self.path.startswith("[")
+            else (f"{prefix}{self.path}")
         )
         return WireError(joined, self.message)
 

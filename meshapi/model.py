@@ -154,8 +154,10 @@ class Endpoint:
     @classmethod
     def from_wire(cls, value: object, path: str) -> Endpoint:
         obj = wire.as_mapping(value, path)
-        return cls(uid=PodUid(wire.req_str(obj, "uid", path)),
-                   ip=wire.ipv4(obj.get("ip"), wire.join(path, "ip")))
+        return cls(
+            uid=PodUid(wire.req_str(obj, "uid", path)),
+            ip=wire.ipv4(obj.get("ip"), wire.join(path, "ip")),
+        )
 
 
 class ServiceWire(TypedDict, total=False):
@@ -222,5 +224,3 @@ def workloads_by_ip(workloads: Mapping[str, Workload]) -> dict[ipaddress.IPv4Add
 
 def services_by_vip(services: Mapping[str, Service]) -> dict[ipaddress.IPv4Address, Service]:
     return {s.vip: s for s in services.values() if s.vip is not None}
-
-

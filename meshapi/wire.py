@@ -36,8 +36,14 @@ def as_list(value: object, path: str) -> Sequence[Any]:
 def type_name(value: object) -> str:
     if value is None:
         return "null"
-    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer",
-            float: "number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "object",
+        list: "list",
+        str: "string",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+    }.get(type(value), type(value).__name__)
 
 
 def req_str(obj: Mapping[str, Any], key: str, path: str) -> str:

@@ -1,0 +1,1 @@
+"""The benchmark harness: measures the mesh against a no-mesh baseline in the same run."""
