@@ -1,0 +1,176 @@
+"""Work inside a pod's network namespace from worker threads (STYLE.md 8).
+
+A network namespace belongs to a thread. :class:`NetnsExecutor` runs a function in a worker
+thread that enters the namespace with ``setns(2)``, runs the function, and always returns to the
+thread's original namespace before the thread picks up other work.
+
+Invariants:
+
+* ``setns`` is never called on the event-loop thread (nor on the main thread): the executor
+  refuses to run there.
+* A worker thread that cannot return to its original namespace is never reused: the executor is
+  marked broken, every later call fails with :class:`NetnsError`, and the process should exit
+  (the app treats it as fatal) rather than open sockets in the wrong pod.
+* Sockets created in a namespace keep it: they are created in the worker thread and handed back
+  to the loop, which connects/accepts on them (``loop.sock_connect``, ``loop.create_server``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from meshapi.constants import ZTUNNEL_SOCKET_MARK
+from ztunnel.errors import NetnsError
+
+T = TypeVar("T")
+
+CLONE_NEWNET = 0x40000000
+LISTEN_BACKLOG = 1024
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+_libc.setns.restype = ctypes.c_int
+
+
+def setns(fd: int) -> None:
+    """Move the calling thread into the network namespace ``fd`` refers to."""
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise NetnsError(
+            f"setns(fd={fd}, CLONE_NEWNET) failed: {os.strerror(err)} "
+            "(is the fd a network namespace, and does the ztunnel run with CAP_SYS_ADMIN?)"
+        )
+
+
+def _current_netns_fd() -> int:
+    return os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+
+
+def netns_inode(fd: int) -> int:
+    """The namespace's identity (inode of its nsfs file), for logs and comparisons."""
+    return os.fstat(fd).st_ino
+
+
+class NetnsExecutor:
+    """A small thread pool whose threads enter a namespace per call and always leave it."""
+
+    def __init__(self, max_workers: int = 4) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="netns")
+        self._broken: str | None = None
+
+    async def run(self, netns_fd: int, fn: Callable[[], T]) -> T:
+        if self._broken is not None:
+            raise NetnsError(f"netns worker pool is unusable: {self._broken}")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._enter_and_run, netns_fd, fn)
+
+    def _enter_and_run(self, netns_fd: int, fn: Callable[[], T]) -> T:
+        if threading.current_thread() is threading.main_thread():
+            raise NetnsError("refusing to setns on the main thread")
+        original = _current_netns_fd()
+        try:
+            setns(netns_fd)
+            try:
+                return fn()
+            finally:
+                try:
+                    setns(original)
+                except NetnsError as exc:
+                    self._broken = f"a worker thread could not return to its namespace: {exc}"
+                    raise
+        finally:
+            os.close(original)
+
+    @property
+    def broken(self) -> str | None:
+        return self._broken
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --- socket helpers: called inside the namespace (by NetnsExecutor.run) ------------------------
+
+
+def listening_socket(port: int, host: str = "0.0.0.0") -> socket.socket:
+    """A bound, listening, non-blocking TCP socket in the calling thread's namespace."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # several ztunnel worker processes may serve the same pod (DESIGN.md "Performance")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, ZTUNNEL_SOCKET_MARK)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise NetnsError(f"cannot listen on {host}:{port} in the pod netns: {exc}") from exc
+    return sock
+
+
+def listening_sockets(ports: Sequence[int]) -> list[socket.socket]:
+    """All of ``ports`` or none (a failure closes the ones already bound)."""
+    out: list[socket.socket] = []
+    try:
+        for port in ports:
+            out.append(listening_socket(port))
+    except BaseException:
+        for sock in out:
+            sock.close()
+        raise
+    return out
+
+
+def marked_socket() -> socket.socket:
+    """A non-blocking TCP socket with ``SO_MARK`` 0x539, so redirection lets it through."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, ZTUNNEL_SOCKET_MARK)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise NetnsError(f"cannot create a marked socket (needs CAP_NET_ADMIN): {exc}") from exc
+    return sock
+
+
+async def connect_marked(
+    executor: NetnsExecutor, netns_fd: int, addr: tuple[str, int], connect_timeout: float
+) -> socket.socket:
+    """A TCP socket created in ``netns_fd`` with the mark and connected (on the loop) to addr.
+
+    Raises ``OSError`` (e.g. ``ConnectionRefusedError``) or ``TimeoutError`` from the connect.
+    """
+    sock = await executor.run(netns_fd, marked_socket)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(connect_timeout):
+            await loop.sock_connect(sock, addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def set_rst_on_close(sock: object) -> None:
+    """``SO_LINGER`` {on, 0}: closing the socket sends RST instead of FIN."""
+    setsockopt = getattr(sock, "setsockopt", None)
+    if setsockopt is None:
+        return
+    with contextlib.suppress(OSError):
+        setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def is_unreachable(exc: OSError) -> bool:
+    return exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT)
