@@ -1,0 +1,51 @@
+"""The controller's Prometheus metrics, on a registry of its own (never the global default one),
+so a test can build several controllers in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+#: label values of ``nodemesh_controller_csr_refused_total{reason}``
+CSR_REFUSAL_REASONS = (
+    "malformed", "signature", "key_type", "san", "trust_domain", "too_large", "forbidden",
+    "unauthenticated",
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.csr_signed = Counter(
+            "nodemesh_controller_csr_signed", "Workload certificates signed.", registry=r
+        )
+        self.csr_refused = Counter(
+            "nodemesh_controller_csr_refused", "CSRs refused, by reason.", ["reason"], registry=r
+        )
+        for reason in CSR_REFUSAL_REASONS:
+            self.csr_refused.labels(reason)
+        self.discovery_subscribers = Gauge(
+            "nodemesh_controller_discovery_subscribers",
+            "Connected discovery streams.", registry=r,
+        )
+        self.discovery_disconnects = Counter(
+            "nodemesh_controller_discovery_slow_disconnects",
+            "Discovery subscribers cut because they fell behind.", registry=r,
+        )
+        self.config_version = Gauge(
+            "nodemesh_controller_config_version", "Current discovery version.", registry=r
+        )
+        self.config_errors = Gauge(
+            "nodemesh_controller_config_errors", "Current configuration errors.", registry=r
+        )
+        self.config_rejections = Counter(
+            "nodemesh_controller_config_rejections",
+            "Configuration objects or files rejected (counted once per new error).", registry=r,
+        )
+        self.auth_failures = Counter(
+            "nodemesh_controller_auth_failures", "Requests with a missing or bad node token.",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))
