@@ -50,16 +50,19 @@ class SpliceSide(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.attach(cast(asyncio.Transport, transport))
 
-    def attach(self, transport: asyncio.Transport) -> None:
-        """Idempotent: the HBONE pool returns the stream transport instead of announcing it."""
+    def attach(self, transport: asyncio.Transport, *, paused: bool = False) -> None:
+        """Idempotent: the HBONE pool returns the stream transport instead of announcing it.
+        ``paused``: the caller already paused the transport's reading."""
         if self.transport is transport or self.lost:
             return
         self.transport = transport
+        self.reading_paused = paused
         peer = self.peer
         if peer is None or peer.transport is None:
             self.pause_reading()
         else:
             peer.resume_reading()
+            self.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)

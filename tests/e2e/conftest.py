@@ -1,0 +1,125 @@
+"""Whole local clusters driven through ``meshctl``, as a user would.
+
+One cluster per session (building one takes seconds, not milliseconds); tests that break
+something (stop the controller, kill an agent) restore it before they return. The cluster is
+torn down at the end of the session whatever happened, and ``test_zz_down`` checks that teardown
+leaves nothing behind. Workload certificates live only ``CERT_TTL`` seconds so renewal happens
+under the tests' own traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MESHCTL = [sys.executable, "-m", "meshctl"]
+CERT_TTL = 40
+VIP = "10.96.0.10"
+
+
+@pytest.fixture(autouse=True)
+def _root(require_root: None) -> None:
+    return None
+
+
+def poll(what: str, fn: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1) -> Any:
+    """Call ``fn`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except Exception as exc:  # the condition may raise until it holds
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Cluster:
+    state_dir: Path
+
+    def meshctl(self, *args: str, check: bool = True, timeout: float = 120,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "NODEMESH_STATE_DIR": str(self.state_dir)}
+        proc = subprocess.run([*MESHCTL, *args], capture_output=True, text=True, env=env,
+                              timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            pytest.fail(f"meshctl {' '.join(args)} exited {proc.returncode}:\n"
+                        f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+    def exec(self, pod: str, *argv: str, check: bool = True,
+             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.meshctl("local", "exec", pod, "--", *argv, check=check, timeout=timeout)
+
+    def pods(self) -> dict[str, dict[str, Any]]:
+        out = self.meshctl("local", "pods", "--json").stdout
+        return {p["name"]: p for p in json.loads(out)}
+
+    def ip(self, pod: str) -> str:
+        return str(self.pods()[pod]["ip"])
+
+    def node_get(self, node: str, url: str, timeout: float = 5) -> str:
+        proc = subprocess.run(
+            ["ip", "netns", "exec", f"nm-{node}", "curl", "-sS", "--max-time", str(timeout), url],
+            capture_output=True, text=True, timeout=timeout + 5,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"GET {url} in nm-{node}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def admin(self, node: str, path: str) -> Any:
+        return json.loads(self.node_get(node, f"http://127.0.0.1:15000{path}"))
+
+    def apply(self, yaml_text: str, tmp_path: Path, name: str = "objects.yaml") -> None:
+        f = tmp_path / name
+        f.write_text(yaml_text)
+        self.meshctl("apply", "-f", str(f))
+
+    def curl(self, pod: str, url: str, *extra: str, timeout: float = 5,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.exec(pod, "curl", "-sS", "--max-time", str(timeout), *extra, url,
+                         check=check, timeout=timeout + 30)
+
+    def inbound_record(self, node: str, src_ip: str, after: float) -> dict[str, Any] | None:
+        """Newest inbound connection record on ``node`` from ``src_ip`` started after ``after``."""
+        for rec in self.admin(node, "/connections?limit=200"):
+            if rec["direction"] == "inbound" and rec["src"].split(":")[0] == src_ip:
+                if _rfc3339(rec["start"]) >= after - 1:
+                    return dict(rec)
+        return None
+
+    def pid(self, node: str, component: str) -> int:
+        return int((self.state_dir / "nodes" / node / f"{component}.pid").read_text())
+
+
+def _rfc3339(text: str) -> float:
+    import datetime
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if os.geteuid() != 0:
+        pytest.fail("e2e tests need root")
+    c = Cluster(tmp_path_factory.mktemp("cluster") / "state")
+    c.meshctl("local", "down", timeout=120)
+    try:
+        c.meshctl("local", "up", "--pods-per-node", "1", "--workload-cert-ttl", str(CERT_TTL),
+                  timeout=300)
+        yield c
+    finally:
+        c.meshctl("local", "down", check=False, timeout=120)
