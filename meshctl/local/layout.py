@@ -72,9 +72,11 @@ class Layout:
     def agent_status(self, node: Node) -> Path:
         return self.node_dir(node) / "agent-status.json"
 
-    def pod_base(self, pod: Pod) -> Path:
-        """``.log`` and ``.pid`` are added to this for the pod's process."""
-        return self.pods_dir / f"{pod.namespace}.{pod.name}"
+    def pod_log(self, pod: Pod) -> Path:
+        return self.pods_dir / f"{pod.namespace}.{pod.name}.log"
+
+    def pod_pid(self, pod: Pod) -> Path:
+        return self.pods_dir / f"{pod.namespace}.{pod.name}.pid"
 
     def runtime_entries(self) -> tuple[Path, ...]:
         """Everything ``down`` may delete (non-log files inside, and then empty dirs)."""
