@@ -77,3 +77,4 @@ class Config:
     poll_interval_seconds: float = 0.25
     #: how long a graceful drain may take before connections are cut
     drain_timeout_seconds: float = 5.0
+    log_level: str = "INFO"

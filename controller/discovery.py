@@ -19,6 +19,7 @@ import collections
 import json
 import logging
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -46,13 +47,16 @@ class Subscription:
     initial: list[bytes]
     queue: asyncio.Queue[bytes]
     resumed: bool
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: set whenever something is queued or the subscription is closed
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
     closed_reason: str = ""
+    since: float = field(default_factory=time.time)
 
     def close(self, reason: str) -> None:
-        if not self.closed.is_set():
-            self.closed_reason = reason
-            self.closed.set()
+        if not self.closed:
+            self.closed, self.closed_reason = True, reason
+            self.wake.set()
 
 
 class DiscoveryHub:
@@ -98,6 +102,7 @@ class DiscoveryHub:
         for sub in list(self._subs):
             try:
                 sub.queue.put_nowait(data)
+                sub.wake.set()
             except asyncio.QueueFull:
                 self._metrics.discovery_disconnects.inc()
                 log.warning("event=discovery_slow_subscriber node=%s version=%d queue=%d",
