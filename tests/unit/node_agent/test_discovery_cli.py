@@ -1,0 +1,89 @@
+"""Discovery client pieces (line splitting, message handling) and CLI parsing."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from meshapi import discovery
+from meshapi.ids import NodeName, PodUid, SpiffeId
+from meshapi.model import Workload
+from node_agent import cli
+from node_agent.discovery import DiscoveryClient, split_lines
+from node_agent.errors import ConfigError, DiscoveryError
+
+
+def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[bytes]:
+        for p in parts:
+            yield p
+
+    return gen()
+
+
+async def test_split_lines_reassembles_and_bounds() -> None:
+    got = [line async for line in split_lines(lambda: chunks(b"ab", b"c\nd", b"e\n"), 10)]
+    assert got == [b"abc", b"de"]
+    with pytest.raises(DiscoveryError, match="longer than 4"):
+        _ = [line async for line in split_lines(lambda: chunks(b"abcdefgh"), 4)]
+
+
+def wl(uid: str) -> Workload:
+    return Workload(
+        uid=PodUid(uid), name=uid, namespace="default", service_account="default",
+        identity=SpiffeId("cluster.local", "default", "default"), node=NodeName("node-1"),
+        ip=ipaddress.IPv4Address("10.78.1.2"), enrolled=True, netns=f"/run/netns/{uid}",
+    )
+
+
+def line(msg: discovery.Message) -> bytes:
+    return json.dumps(msg.to_wire()).encode()
+
+
+async def test_handle_line_applies_and_resets_on_gap(tmp_path: Path) -> None:
+    changes: list[bool] = []
+    c = DiscoveryClient("c:15012", tmp_path / "ca", tmp_path / "t",
+                        on_change=lambda: changes.append(True))
+    c.handle_line(line(discovery.Snapshot("e1", 3, (wl("a"),), ())))
+    await c.wait_synced()
+    assert set(c.workloads) == {"a"} and changes == [True]
+    c.handle_line(line(discovery.Heartbeat("e1", 3)))
+    assert changes == [True]
+    c.handle_line(line(discovery.Delta("e1", 4, remove_workloads=("a",))))
+    assert c.workloads == {}
+    with pytest.raises(DiscoveryError, match="does not follow"):
+        c.handle_line(line(discovery.Delta("e1", 9)))
+    assert c.state.resume_params() == {}  # next connection asks for a snapshot
+    with pytest.raises(DiscoveryError, match="malformed"):
+        c.handle_line(b"{not json")
+
+
+ARGS = ["--node", "node-1", "--controller", "10.77.0.1:15012", "--ca-root", "/ca.pem",
+        "--token-file", "/token", "--zds-socket", "/zds.sock"]
+
+
+def test_cli_flags_and_env() -> None:
+    cfg = cli.parse([*ARGS, "--host-probe-ip", "10.78.1.1"], {})
+    assert cfg.node == "node-1" and cfg.redirect_mode == "auto"
+    assert cfg.host_probe_ip == ipaddress.IPv4Address("10.78.1.1")
+    env_cfg = cli.parse(ARGS[2:], {"NODEMESH_NODE": "node-2", "NODEMESH_REDIRECT_MODE": "iptables"})
+    assert env_cfg.node == "node-2" and env_cfg.redirect_mode == "iptables"
+    assert cli.parse(ARGS, {"NODEMESH_NODE": "node-2"}).node == "node-1"  # flag wins
+
+
+@pytest.mark.parametrize(
+    ("extra", "msg"),
+    [(["--redirect-mode", "ebpf"], "not supported"), (["--host-probe-ip", "x"], "not an IPv4")],
+)
+def test_cli_rejects(extra: list[str], msg: str) -> None:
+    with pytest.raises(ConfigError, match=msg):
+        cli.parse([*ARGS, *extra], {})
+
+
+def test_cli_missing_flags() -> None:
+    with pytest.raises(ConfigError, match="--node"):
+        cli.parse(ARGS[2:], {})
