@@ -1,0 +1,169 @@
+"""``meshctl``: parse flags and environment into configs and call the library (STYLE 5).
+
+Exit codes: 0 ok, 1 failure (a :class:`~meshctl.errors.MeshctlError`, message on stderr),
+2 usage. ``meshctl demo`` dispatches to ``meshctl.demo.run(state_dir: Path, keep: bool) -> int``
+(written separately); until that module exists the command says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from meshctl.errors import MeshctlError
+from meshctl.local.layout import STATE_DIR_ENV, Layout, default_state_dir
+
+
+def _state_dir_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help=f"local cluster state dir (env {STATE_DIR_ENV}, default {default_state_dir()})",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _state_dir_parent()
+    parser = argparse.ArgumentParser(prog="meshctl", description="nodemesh command-line tool")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    local = sub.add_parser("local", help="the local cluster of network namespaces")
+    lsub = local.add_subparsers(dest="local_command", required=True, metavar="COMMAND")
+    up = lsub.add_parser("up", parents=[common], help="build and start the local cluster")
+    up.add_argument("--nodes", type=int, default=2, help="number of nodes (>= 2, default 2)")
+    up.add_argument("--pods-per-node", type=int, default=0,
+                    help="extra enrolled sample-app pods per node (default 0)")
+    up.add_argument("--timeout", type=float, default=60.0,
+                    help="seconds to wait for the mesh to become ready (default 60)")
+    up.set_defaults(func=_local_up)
+    down = lsub.add_parser("down", parents=[common], help="remove everything the cluster created")
+    down.set_defaults(func=_local_down)
+    pods = lsub.add_parser("pods", parents=[common], help="list the pods")
+    pods.add_argument("--json", action="store_true", help="JSON output")
+    pods.set_defaults(func=_local_pods)
+    ex = lsub.add_parser("exec", parents=[common],
+                         help="run a command in a pod's network namespace and cgroup")
+    ex.add_argument("pod", metavar="POD", help="<name> or <namespace>/<name>")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    ex.set_defaults(func=_local_exec)
+
+    for name, func, help_text in (
+        ("apply", _apply, "add or replace objects in the local config dir"),
+        ("delete", _delete, "remove objects from the local config dir"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=help_text)
+        p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
+                       help="multi-document YAML file ('-' for stdin); repeatable")
+        p.set_defaults(func=func)
+
+    demo = sub.add_parser("demo", parents=[common], help="run the nodemesh demo")
+    demo.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def _state(args: argparse.Namespace) -> Path:
+    return args.state_dir if args.state_dir is not None else default_state_dir()
+
+
+def _local_up(args: argparse.Namespace) -> int:
+    import time
+
+    from meshctl.local import cluster
+
+    started = time.monotonic()
+    state = _state(args)
+    topo = cluster.up(cluster.UpConfig(state, args.nodes, args.pods_per_node, args.timeout))
+    print(f"local cluster up in {time.monotonic() - started:.1f}s: {len(topo.nodes)} nodes, "
+          f"{len(topo.pods)} pods (state in {state}); `meshctl local pods` lists them")
+    return 0
+
+
+def _local_down(args: argparse.Namespace) -> int:
+    from meshctl.local import cluster
+
+    report = cluster.down(_state(args))
+    print(f"local cluster down: {report.killed} processes, {report.netns} namespaces, "
+          f"{report.links} interfaces, {report.cgroups} cgroups removed")
+    return 0
+
+
+def _local_pods(args: argparse.Namespace) -> int:
+    from meshctl.local import inventory
+
+    rows = inventory.collect(Layout(_state(args)))
+    if args.json:
+        print(json.dumps([r.to_json() for r in rows], indent=2))
+    else:
+        print(inventory.table(rows))
+    return 0
+
+
+def _local_exec(args: argparse.Namespace) -> int:
+    from meshctl.local import cluster
+
+    cmd: list[str] = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise _Usage("meshctl local exec: missing command (usage: meshctl local exec POD -- CMD)")
+    return cluster.exec_in_pod(_state(args), args.pod, cmd)
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from meshctl import manifests
+
+    for m in manifests.apply(args.filename, Layout(_state(args)).config_dir):
+        print(f"{m} configured")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from meshctl import manifests
+
+    deleted, missing = manifests.delete(args.filename, Layout(_state(args)).config_dir)
+    for m in deleted:
+        print(f"{m} deleted")
+    for m in missing:
+        print(f"{m} not found", file=sys.stderr)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        demo = importlib.import_module("meshctl.demo")
+    except ModuleNotFoundError as exc:
+        if exc.name != "meshctl.demo":
+            raise
+        raise MeshctlError("`meshctl demo` is not available in this build yet") from exc
+    run: Callable[..., int] = demo.run
+    return run(state_dir=_state(args), keep=args.keep)
+
+
+class _Usage(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except _Usage as exc:
+        parser.print_usage(sys.stderr)
+        print(exc, file=sys.stderr)
+        return 2
+    except MeshctlError as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
