@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from controller.csr import authorize, parse_request_body, validate_csr
+from controller.errors import CsrRejected
+from meshapi.csr import MAX_CSR_BYTES
+from meshapi.ids import NodeName, PodUid, SpiffeId
+from meshapi.model import Workload
+
+from .crypto_helpers import make_csr
+
+TD = "cluster.local"
+
+
+def test_valid_csr() -> None:
+    _, identity = validate_csr(make_csr(), TD)
+    assert identity == SpiffeId(TD, "default", "web")
+
+
+def _tampered() -> bytes:
+    import base64
+    import re
+    pem = make_csr().decode()
+    body = re.sub(r"-----[^-]+-----", "", pem).replace("\n", "")
+    der = bytearray(base64.b64decode(body))
+    der[-5] ^= 0x01  # inside the signature
+    b64 = base64.encodebytes(bytes(der)).decode()
+    return f"-----BEGIN CERTIFICATE REQUEST-----\n{b64}-----END CERTIFICATE REQUEST-----\n".encode()
+
+
+@pytest.mark.parametrize(("case", "pem", "reason", "fragment"), [
+    ("garbage", b"hello", "malformed", "not a PEM"),
+    ("rsa key", make_csr(key=rsa.generate_private_key(65537, 2048)), "key_type", "P-256"),
+    ("p384 key", make_csr(key=ec.generate_private_key(ec.SECP384R1())), "key_type", "secp384r1"),
+    ("two URI SANs", make_csr(["spiffe://cluster.local/ns/a/sa/b",
+                               "spiffe://cluster.local/ns/a/sa/c"]), "san", "exactly one"),
+    ("URI plus DNS", make_csr(dns=["web.default"]), "san", "exactly one"),
+    ("no SAN", make_csr([]), "san", "no subjectAltName"),
+    ("not spiffe", make_csr(["https://example.com/x"]), "san", "not a SPIFFE id"),
+    ("not a workload id", make_csr(["spiffe://cluster.local/foo"]), "san",
+     "not a workload identity"),
+    ("wrong trust domain", make_csr(["spiffe://evil.org/ns/default/sa/web"]), "trust_domain",
+     "evil.org"),
+    ("bad signature", _tampered(), "signature", "signature"),
+])
+def test_invalid_csrs(case: str, pem: bytes, reason: str, fragment: str) -> None:
+    with pytest.raises(CsrRejected) as info:
+        validate_csr(pem, TD)
+    assert info.value.reason == reason, info.value.message
+    assert fragment in info.value.message
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(("body", "reason", "status"), [
+    (b"not json", "malformed", 400),
+    (b'["csr"]', "malformed", 400),
+    (b'{"csr": 5}', "malformed", 400),
+    (b"x" * (MAX_CSR_BYTES + 1), "too_large", 413),
+])
+def test_request_body(body: bytes, reason: str, status: int) -> None:
+    with pytest.raises(CsrRejected) as info:
+        parse_request_body(body)
+    assert (info.value.reason, info.value.status) == (reason, status)
+    assert parse_request_body(json.dumps({"csr": "PEM"}).encode()) == b"PEM"
+
+
+def _w(node: str, ns: str = "default", sa: str = "web") -> Workload:
+    return Workload(PodUid(f"{node}-{ns}-{sa}"), "p", ns, sa, SpiffeId(TD, ns, sa),
+                    NodeName(node), ipaddress.IPv4Address("10.0.0.1"), True)
+
+
+def test_authorization_rule() -> None:
+    workloads = [_w("node-2"), _w("node-1", sa="db")]
+    web = SpiffeId(TD, "default", "web")
+    authorize(NodeName("node-2"), web, workloads)
+    authorize(NodeName("node-1"), SpiffeId(TD, "default", "db"), workloads)
+    with pytest.raises(CsrRejected) as info:
+        authorize(NodeName("node-1"), web, workloads)
+    assert info.value.status == 403 and info.value.reason == "forbidden"
+    assert "node-1" in info.value.message and str(web) in info.value.message
+    with pytest.raises(CsrRejected):
+        authorize(NodeName("node-1"), SpiffeId(TD, "other", "db"), workloads)
