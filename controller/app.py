@@ -101,8 +101,7 @@ class Controller:
             cert, key = self.ca.write_server_cert(self.config.state_dir / "tls",
                                                   api_sans(self.config))
             ctx = tls_server_context(cert, key)
-        site = web.TCPSite(runner, where.host, where.port, ssl_context=ctx,
-                           shutdown_timeout=self.config.drain_timeout_seconds)
+        site = web.TCPSite(runner, where.host, where.port, ssl_context=ctx)
         try:
             await site.start()
         except OSError as exc:
