@@ -42,8 +42,11 @@ def load_ca(config: Config) -> CertificateAuthority:
     # publish the trust anchor where nodes expect it (CONTRACTS.md), unless a self-managed
     # root lives there: its key must keep matching its certificate
     if (ca_dir / ROOT_KEY_FILE).exists():
-        log.warning("event=ca_root_not_published reason=%r dir=%s",
-                    "a self-managed root key exists there", ca_dir)
+        log.warning(
+            "event=ca_root_not_published reason=%r dir=%s",
+            "a self-managed root key exists there",
+            ca_dir,
+        )
     else:
         try:
             ca.write_root(ca_dir / ROOT_CERT_FILE)
@@ -74,8 +77,13 @@ class Controller:
         self.ca = load_ca(config)
         self.hub = DiscoveryHub(self.metrics)
         self.tokens = NodeTokens(config.node_tokens_dir, config.poll_interval_seconds)
-        self.source = LocalSource(config.config_dir, config.trust_domain, self._on_config,
-                                  self.metrics, config.poll_interval_seconds)
+        self.source = LocalSource(
+            config.config_dir,
+            config.trust_domain,
+            self._on_config,
+            self.metrics,
+            config.poll_interval_seconds,
+        )
         self.api_address: HostPort | None = None
         self.metrics_address: HostPort | None = None
         #: set once both servers listen (their addresses are then known)
@@ -93,13 +101,15 @@ class Controller:
     async def _start_site(
         self, app: web.Application, where: HostPort, ssl_on: bool
     ) -> tuple[web.AppRunner, HostPort]:
-        runner = web.AppRunner(app, access_log=None,
-                               shutdown_timeout=self.config.drain_timeout_seconds)
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=self.config.drain_timeout_seconds
+        )
         await runner.setup()
         ctx = None
         if ssl_on:
-            cert, key = self.ca.write_server_cert(self.config.state_dir / "tls",
-                                                  api_sans(self.config))
+            cert, key = self.ca.write_server_cert(
+                self.config.state_dir / "tls", api_sans(self.config)
+            )
             ctx = tls_server_context(cert, key)
         site = web.TCPSite(runner, where.host, where.port, ssl_context=ctx)
         try:
@@ -112,20 +122,33 @@ class Controller:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain."""
-        api = Api(self.hub, self.ca, self.tokens, self.metrics, self.config.trust_domain,
-                  dt.timedelta(seconds=self.config.workload_cert_ttl_seconds), self.ready)
+        api = Api(
+            self.hub,
+            self.ca,
+            self.tokens,
+            self.metrics,
+            self.config.trust_domain,
+            dt.timedelta(seconds=self.config.workload_cert_ttl_seconds),
+            self.ready,
+        )
         ops = Ops(self.hub, self.metrics, self.ready, self.config_errors)
         runners: list[web.AppRunner] = []
         try:
             ops_runner, self.metrics_address = await self._start_site(
-                ops.app(), self.config.metrics_listen, ssl_on=False)
+                ops.app(), self.config.metrics_listen, ssl_on=False
+            )
             runners.append(ops_runner)
             api_runner, self.api_address = await self._start_site(
-                api.app(), self.config.listen, ssl_on=True)
+                api.app(), self.config.listen, ssl_on=True
+            )
             runners.append(api_runner)
-            log.info("event=controller_listening api=%s metrics=%s epoch=%s config_dir=%s",
-                     self.api_address, self.metrics_address, self.hub.epoch,
-                     self.config.config_dir)
+            log.info(
+                "event=controller_listening api=%s metrics=%s epoch=%s config_dir=%s",
+                self.api_address,
+                self.metrics_address,
+                self.hub.epoch,
+                self.config.config_dir,
+            )
             self.listening.set()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.source.run(stop), name="controller-config-watch")

@@ -43,7 +43,8 @@ class NodeTokens:
         self._checked_at = now
         try:
             entries = [
-                (e.name, e.stat()) for e in os.scandir(self._dir)
+                (e.name, e.stat())
+                for e in os.scandir(self._dir)
                 if not e.name.startswith(".") and e.is_file()
             ]
         except OSError as exc:
@@ -63,8 +64,9 @@ class NodeTokens:
                 log.warning("event=node_token_unreadable node=%s error=%s", name, exc)
                 continue
             if len(token) < MIN_TOKEN_BYTES:
-                log.warning("event=node_token_too_short node=%s min_bytes=%d", name,
-                            MIN_TOKEN_BYTES)
+                log.warning(
+                    "event=node_token_too_short node=%s min_bytes=%d", name, MIN_TOKEN_BYTES
+                )
                 continue
             tokens[NodeName(name)] = token
         self._tokens = tokens
@@ -84,6 +86,8 @@ class NodeTokens:
             if hmac.compare_digest(presented, expected) and found is None:
                 found = node
         if found is None:
-            raise AuthError("unknown node token (check the node's --token-file against "
-                            "the controller's --node-tokens-dir)")
+            raise AuthError(
+                "unknown node token (check the node's --token-file against "
+                "the controller's --node-tokens-dir)"
+            )
         return found

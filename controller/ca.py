@@ -103,11 +103,14 @@ class CertificateAuthority:
         ca = cls.create_root()
         try:
             ca_dir.mkdir(parents=True, exist_ok=True)
-            _write_private(key_path, ca._key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ))
+            _write_private(
+                key_path,
+                ca._key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
+            )
             cert_path.write_text(_pem(ca.root))
         except OSError as exc:
             raise CaError(f"cannot write the new CA into {ca_dir}: {exc}") from exc
@@ -117,10 +120,12 @@ class CertificateAuthority:
     @classmethod
     def create_root(cls, common_name: str = "nodemesh root CA") -> CertificateAuthority:
         key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "nodemesh"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ])
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "nodemesh"),
+                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            ]
+        )
         now = _now()
         cert = (
             x509.CertificateBuilder()
@@ -156,9 +161,7 @@ class CertificateAuthority:
         try:
             key = serialization.load_pem_private_key(key_pem, password=None)
         except (ValueError, TypeError) as exc:
-            raise CaError(
-                f"{key_path} is not an unencrypted PEM private key: {exc}"
-            ) from exc
+            raise CaError(f"{key_path} is not an unencrypted PEM private key: {exc}") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise CaError(f"{key_path}: only ECDSA and RSA CA keys are supported")
         if key.public_key().public_bytes(
@@ -310,11 +313,14 @@ class CertificateAuthority:
         cert_path, key_path = tls_dir / SERVER_CERT_FILE, tls_dir / SERVER_KEY_FILE
         try:
             tls_dir.mkdir(parents=True, exist_ok=True)
-            _write_private(key_path, key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ))
+            _write_private(
+                key_path,
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
+            )
             cert_path.write_text("".join(issued.chain_pem()))
         except OSError as exc:
             raise CaError(f"cannot write the API certificate into {tls_dir}: {exc}") from exc
@@ -327,18 +333,30 @@ class CertificateAuthority:
 
 def _ca_key_usage() -> x509.KeyUsage:
     return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False,
-        data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-        encipher_only=False, decipher_only=False,
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 
 def _leaf_key_usage() -> x509.KeyUsage:
     # ECDSA keys sign (TLS 1.3 CertificateVerify) and may do ECDH; they never encipher keys.
     return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False,
-        data_encipherment=False, key_agreement=True, key_cert_sign=False, crl_sign=False,
-        encipher_only=False, decipher_only=False,
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=True,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 

@@ -18,42 +18,64 @@ from meshapi.ids import SpiffeId
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nodemesh-controller",
-                                description="nodemesh controller: CA, config, discovery")
+    p = argparse.ArgumentParser(
+        prog="nodemesh-controller", description="nodemesh controller: CA, config, discovery"
+    )
 
     def opt(flag: str, var: str, help_: str, default: str | None = None) -> None:
         value = env.get(var, default)
-        p.add_argument(flag, default=value, required=value is None,
-                       help=f"{help_} (env {var})")
+        p.add_argument(flag, default=value, required=value is None, help=f"{help_} (env {var})")
 
     opt("--config-dir", c.ENV_CONFIG_DIR, "watched directory of Kubernetes-shaped YAML")
     opt("--state-dir", c.ENV_STATE_DIR, "CA in DIR/ca/, API certificate in DIR/tls/")
-    p.add_argument("--ca-cert", default=env.get(c.ENV_CA_CERT),
-                   help=f"operator-supplied CA certificate (env {c.ENV_CA_CERT})")
-    p.add_argument("--ca-key", default=env.get(c.ENV_CA_KEY),
-                   help=f"its private key (env {c.ENV_CA_KEY})")
-    p.add_argument("--ca-chain", default=env.get(c.ENV_CA_CHAIN),
-                   help=f"issuers of an intermediate --ca-cert up to the root "
-                        f"(env {c.ENV_CA_CHAIN})")
-    opt("--node-tokens-dir", c.ENV_NODE_TOKENS_DIR, "one file per node: name = node, "
-        "content = bootstrap token")
+    p.add_argument(
+        "--ca-cert",
+        default=env.get(c.ENV_CA_CERT),
+        help=f"operator-supplied CA certificate (env {c.ENV_CA_CERT})",
+    )
+    p.add_argument(
+        "--ca-key", default=env.get(c.ENV_CA_KEY), help=f"its private key (env {c.ENV_CA_KEY})"
+    )
+    p.add_argument(
+        "--ca-chain",
+        default=env.get(c.ENV_CA_CHAIN),
+        help=f"issuers of an intermediate --ca-cert up to the root (env {c.ENV_CA_CHAIN})",
+    )
+    opt(
+        "--node-tokens-dir",
+        c.ENV_NODE_TOKENS_DIR,
+        "one file per node: name = node, content = bootstrap token",
+    )
     opt("--listen", c.ENV_LISTEN, "API (TLS) HOST:PORT", c.DEFAULT_LISTEN)
-    opt("--metrics-listen", c.ENV_METRICS_LISTEN, "metrics/health HOST:PORT",
-        c.DEFAULT_METRICS_LISTEN)
+    opt(
+        "--metrics-listen",
+        c.ENV_METRICS_LISTEN,
+        "metrics/health HOST:PORT",
+        c.DEFAULT_METRICS_LISTEN,
+    )
     env_sans = [s.strip() for s in env.get(c.ENV_API_SAN, "").split(",") if s.strip()]
-    p.add_argument("--api-san", action="append", default=None,
-                   help=f"IP or DNS name in the API certificate, repeatable (env "
-                        f"{c.ENV_API_SAN}, comma-separated; default localhost,127.0.0.1)")
+    p.add_argument(
+        "--api-san",
+        action="append",
+        default=None,
+        help=f"IP or DNS name in the API certificate, repeatable (env "
+        f"{c.ENV_API_SAN}, comma-separated; default localhost,127.0.0.1)",
+    )
     p.set_defaults(env_sans=env_sans)
     opt("--trust-domain", c.ENV_TRUST_DOMAIN, "SPIFFE trust domain", "cluster.local")
-    opt("--workload-cert-ttl", c.ENV_WORKLOAD_CERT_TTL, "workload certificate lifetime, seconds",
-        str(86400))
+    opt(
+        "--workload-cert-ttl",
+        c.ENV_WORKLOAD_CERT_TTL,
+        "workload certificate lifetime, seconds",
+        str(86400),
+    )
     opt("--log-level", c.ENV_LOG_LEVEL, "DEBUG, INFO, WARNING", "INFO")
     return p
 
 
-def parse_config(argv: Sequence[str] | None = None,
-                 env: Mapping[str, str] | None = None) -> c.Config:
+def parse_config(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> c.Config:
     environ = os.environ if env is None else env
     parser = _parser(environ)
     ns = parser.parse_args(argv)
@@ -94,9 +116,11 @@ def parse_config(argv: Sequence[str] | None = None,
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
-    logging.basicConfig(stream=sys.stderr,
-                        level=getattr(logging, config.log_level, logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, config.log_level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     try:
         return app.run(config)
     except StartupError as exc:

@@ -51,15 +51,18 @@ def validate_csr(pem: bytes, trust_domain: str) -> tuple[x509.CertificateSigning
     except (ValueError, TypeError) as exc:
         raise CsrRejected("key_type", f"csr public key is unsupported: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        kind = f"EC {key.curve.name}" if isinstance(key, ec.EllipticCurvePublicKey) else (
-            type(key).__name__.removeprefix("_")
+        kind = (
+            f"EC {key.curve.name}"
+            if isinstance(key, ec.EllipticCurvePublicKey)
+            else (type(key).__name__.removeprefix("_"))
         )
         raise CsrRejected("key_type", f"csr key must be ECDSA P-256, got {kind}")
     try:
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        raise CsrRejected("san", "csr has no subjectAltName; it needs exactly one URI SAN "
-                          "with the SPIFFE id") from None
+        raise CsrRejected(
+            "san", "csr has no subjectAltName; it needs exactly one URI SAN with the SPIFFE id"
+        ) from None
     except ValueError as exc:
         raise CsrRejected("malformed", f"csr extensions cannot be parsed: {exc}") from exc
     names = list(san)

@@ -85,8 +85,9 @@ class DiscoveryHub:
         self, workloads: Mapping[str, Workload], services: Mapping[str, Service]
     ) -> Delta | None:
         """Adopt a new state; returns the delta published (None if nothing changed)."""
-        delta = diff_to_delta(self.epoch, self.version + 1, self.workloads, workloads,
-                              self.services, services)
+        delta = diff_to_delta(
+            self.epoch, self.version + 1, self.workloads, workloads, self.services, services
+        )
         if delta is None:
             return None
         self.version = delta.version
@@ -95,25 +96,38 @@ class DiscoveryHub:
         data = encode(delta)
         self._history.append((delta.version, data))
         self._metrics.config_version.set(self.version)
-        log.info("event=discovery_version version=%d upsert_workloads=%d upsert_services=%d "
-                 "remove_workloads=%d remove_services=%d subscribers=%d", delta.version,
-                 len(delta.upsert_workloads), len(delta.upsert_services),
-                 len(delta.remove_workloads), len(delta.remove_services), len(self._subs))
+        log.info(
+            "event=discovery_version version=%d upsert_workloads=%d upsert_services=%d "
+            "remove_workloads=%d remove_services=%d subscribers=%d",
+            delta.version,
+            len(delta.upsert_workloads),
+            len(delta.upsert_services),
+            len(delta.remove_workloads),
+            len(delta.remove_services),
+            len(self._subs),
+        )
         for sub in list(self._subs):
             try:
                 sub.queue.put_nowait(data)
                 sub.wake.set()
             except asyncio.QueueFull:
                 self._metrics.discovery_disconnects.inc()
-                log.warning("event=discovery_slow_subscriber node=%s version=%d queue=%d",
-                            sub.node, self.version, self._queue_size)
+                log.warning(
+                    "event=discovery_slow_subscriber node=%s version=%d queue=%d",
+                    sub.node,
+                    self.version,
+                    self._queue_size,
+                )
                 self._drop(sub, "fell behind")
         return delta
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(self.epoch, self.version,
-                        tuple(w for _, w in sorted(self.workloads.items())),
-                        tuple(s for _, s in sorted(self.services.items())))
+        return Snapshot(
+            self.epoch,
+            self.version,
+            tuple(w for _, w in sorted(self.workloads.items())),
+            tuple(s for _, s in sorted(self.services.items())),
+        )
 
     def heartbeat(self) -> bytes:
         return encode(Heartbeat(self.epoch, self.version))
@@ -124,8 +138,12 @@ class DiscoveryHub:
         """Register a subscriber; what it must be sent first is in ``initial``."""
         initial = self._catch_up(epoch, version)
         resumed = initial is not None
-        sub = Subscription(node, initial if initial is not None else [encode(self.snapshot())],
-                           asyncio.Queue(self._queue_size), resumed)
+        sub = Subscription(
+            node,
+            initial if initial is not None else [encode(self.snapshot())],
+            asyncio.Queue(self._queue_size),
+            resumed,
+        )
         if self._closed:
             sub.close("controller shutting down")
         else:

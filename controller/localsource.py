@@ -55,12 +55,14 @@ def load_documents(source: str, text: str) -> FileContent:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        return FileContent(("", 0, 0, 0), (), ConfigIssue(
-            source, line, "", f"malformed YAML: {problem}; nothing in this file was applied"
-        ))
-    objects = tuple(
-        SourceObject(source, i, doc) for i, doc in enumerate(docs) if doc is not None
-    )
+        return FileContent(
+            ("", 0, 0, 0),
+            (),
+            ConfigIssue(
+                source, line, "", f"malformed YAML: {problem}; nothing in this file was applied"
+            ),
+        )
+    objects = tuple(SourceObject(source, i, doc) for i, doc in enumerate(docs) if doc is not None)
     return FileContent(("", 0, 0, 0), objects, None)
 
 
@@ -113,8 +115,12 @@ class LocalSource:
             dir_issue = None
         except OSError as exc:
             sigs = {}
-            dir_issue = ConfigIssue(str(self._dir), "", "", f"cannot list the config dir: "
-                                    f"{exc.strerror or exc}; last good configuration kept")
+            dir_issue = ConfigIssue(
+                str(self._dir),
+                "",
+                "",
+                f"cannot list the config dir: {exc.strerror or exc}; last good configuration kept",
+            )
         fingerprint = frozenset(sigs.values())
         if fingerprint == self._signatures and dir_issue == self._dir_issue:
             return False
@@ -124,8 +130,8 @@ class LocalSource:
             files: dict[str, FileContent] = {}
             for path, sig in sigs.items():
                 old = self._files.get(path)
-                files[path] = old if old is not None and old.signature == sig else (
-                    self._read(path, sig)
+                files[path] = (
+                    old if old is not None and old.signature == sig else (self._read(path, sig))
                 )
             self._files = files
         self._translate()
@@ -144,8 +150,9 @@ class LocalSource:
         stale = {p for p, f in self._files.items() if f.issue is not None}
         if self._dir_issue is not None:
             stale |= {a.source for a in self._last_good.values()}
-        result = translate(objects, trust_domain=self._trust_domain,
-                           last_good=self._last_good, stale_sources=stale)
+        result = translate(
+            objects, trust_domain=self._trust_domain, last_good=self._last_good, stale_sources=stale
+        )
         file_issues = [f.issue for f in self._files.values() if f.issue is not None]
         if self._dir_issue is not None:
             file_issues.append(self._dir_issue)

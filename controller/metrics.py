@@ -7,7 +7,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 #: label values of ``nodemesh_controller_csr_refused_total{reason}``
 CSR_REFUSAL_REASONS = (
-    "malformed", "signature", "key_type", "san", "trust_domain", "too_large", "forbidden",
+    "malformed",
+    "signature",
+    "key_type",
+    "san",
+    "trust_domain",
+    "too_large",
+    "forbidden",
     "unauthenticated",
 )
 
@@ -26,11 +32,13 @@ class Metrics:
             self.csr_refused.labels(reason)
         self.discovery_subscribers = Gauge(
             "nodemesh_controller_discovery_subscribers",
-            "Connected discovery streams.", registry=r,
+            "Connected discovery streams.",
+            registry=r,
         )
         self.discovery_disconnects = Counter(
             "nodemesh_controller_discovery_slow_disconnects",
-            "Discovery subscribers cut because they fell behind.", registry=r,
+            "Discovery subscribers cut because they fell behind.",
+            registry=r,
         )
         self.config_version = Gauge(
             "nodemesh_controller_config_version", "Current discovery version.", registry=r
@@ -40,10 +48,12 @@ class Metrics:
         )
         self.config_rejections = Counter(
             "nodemesh_controller_config_rejections",
-            "Configuration objects or files rejected (counted once per new error).", registry=r,
+            "Configuration objects or files rejected (counted once per new error).",
+            registry=r,
         )
         self.auth_failures = Counter(
-            "nodemesh_controller_auth_failures", "Requests with a missing or bad node token.",
+            "nodemesh_controller_auth_failures",
+            "Requests with a missing or bad node token.",
             registry=r,
         )
 

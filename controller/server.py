@@ -83,8 +83,12 @@ class Api:
             return self.tokens.authenticate(request.headers.get("Authorization"))
         except AuthError as exc:
             self.metrics.auth_failures.inc()
-            log.warning("event=auth_failed path=%s peer=%s reason=%r", request.path,
-                        request.remote, str(exc))
+            log.warning(
+                "event=auth_failed path=%s peer=%s reason=%r",
+                request.path,
+                request.remote,
+                str(exc),
+            )
             return error_response(401, str(exc))
 
     async def discovery(self, request: web.Request) -> web.StreamResponse:
@@ -100,9 +104,15 @@ class Api:
         except ValueError:
             version = None  # unusable resume point: the node gets a snapshot
         sub = self.hub.subscribe(node, epoch, version)
-        log.info("event=discovery_connected node=%s peer=%s resume=%s/%s answer=%s version=%d",
-                 node, request.remote, epoch or "-", version if version is not None else "-",
-                 "deltas" if sub.resumed else "snapshot", self.hub.version)
+        log.info(
+            "event=discovery_connected node=%s peer=%s resume=%s/%s answer=%s version=%d",
+            node,
+            request.remote,
+            epoch or "-",
+            version if version is not None else "-",
+            "deltas" if sub.resumed else "snapshot",
+            self.hub.version,
+        )
         resp = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-store"})
         resp.enable_chunked_encoding()
         reason = "closed"
@@ -146,21 +156,33 @@ class Api:
             try:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
-                raise CsrRejected("too_large", f"request body exceeds {MAX_CSR_BYTES} bytes",
-                                  413) from None
+                raise CsrRejected(
+                    "too_large", f"request body exceeds {MAX_CSR_BYTES} bytes", 413
+                ) from None
             csr, identity = validate_csr(parse_request_body(body), self.trust_domain)
             authorize(node, identity, self.hub.workloads.values())
         except CsrRejected as exc:
             self.metrics.csr_refused.labels(exc.reason).inc()
-            log.warning("event=csr_refused node=%s reason=%s status=%d message=%r", node,
-                        exc.reason, exc.status, exc.message)
+            log.warning(
+                "event=csr_refused node=%s reason=%s status=%d message=%r",
+                node,
+                exc.reason,
+                exc.status,
+                exc.message,
+            )
             return error_response(exc.status, exc.message)
         issued = self.ca.sign_workload(csr, identity, self.cert_ttl)
         self.metrics.csr_signed.inc()
-        log.info("event=csr_signed node=%s identity=%s serial=%x not_after=%s", node, identity,
-                 issued.leaf.serial_number, rfc3339(issued.leaf.not_valid_after_utc))
-        answer = CsrResponse(issued.chain_pem(), issued.root_pem(),
-                             rfc3339(issued.leaf.not_valid_after_utc))
+        log.info(
+            "event=csr_signed node=%s identity=%s serial=%x not_after=%s",
+            node,
+            identity,
+            issued.leaf.serial_number,
+            rfc3339(issued.leaf.not_valid_after_utc),
+        )
+        answer = CsrResponse(
+            issued.chain_pem(), issued.root_pem(), rfc3339(issued.leaf.not_valid_after_utc)
+        )
         return web.json_response(answer.to_wire())
 
 
@@ -188,8 +210,9 @@ class Ops:
         return app
 
     async def prometheus(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -201,16 +224,21 @@ class Ops:
 
     async def status(self, request: web.Request) -> web.Response:
         subs = sorted(self.hub.subscriptions, key=lambda s: (s.node, s.since))
-        return web.json_response({
-            "ready": self.is_ready(),
-            "epoch": self.hub.epoch,
-            "version": self.hub.version,
-            "workloads": len(self.hub.workloads),
-            "services": len(self.hub.services),
-            "configErrors": [e.to_json() for e in self.config_errors()],
-            "connectedNodes": [
-                {"node": s.node, "since": rfc3339(dt.datetime.fromtimestamp(s.since, dt.UTC)),
-                 "resumed": s.resumed}
-                for s in subs
-            ],
-        })
+        return web.json_response(
+            {
+                "ready": self.is_ready(),
+                "epoch": self.hub.epoch,
+                "version": self.hub.version,
+                "workloads": len(self.hub.workloads),
+                "services": len(self.hub.services),
+                "configErrors": [e.to_json() for e in self.config_errors()],
+                "connectedNodes": [
+                    {
+                        "node": s.node,
+                        "since": rfc3339(dt.datetime.fromtimestamp(s.since, dt.UTC)),
+                        "resumed": s.resumed,
+                    }
+                    for s in subs
+                ],
+            }
+        )

@@ -142,8 +142,12 @@ class ConfigIssue:
         return ": ".join(p for p in parts if p) + f": {self.message}"
 
     def to_json(self) -> dict[str, str]:
-        return {"file": self.source, "object": self.object, "field": self.field,
-                "message": self.message}
+        return {
+            "file": self.source,
+            "object": self.object,
+            "field": self.field,
+            "message": self.message,
+        }
 
 
 # ---- validated objects -----------------------------------------------------------------------
@@ -156,8 +160,10 @@ class ObjectKey:
     name: str
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else (
-            f"{self.kind} {self.name}"
+        return (
+            f"{self.kind} {self.namespace}/{self.name}"
+            if self.namespace
+            else (f"{self.kind} {self.name}")
         )
 
 
@@ -242,19 +248,29 @@ def parse_object(obj: SourceObject) -> Parsed:
     if kind not in KINDS:
         raise fail(None, where, "kind", f"unknown kind {kind!r} (supported: {', '.join(KINDS)})")
     if api_version != API_VERSION:
-        raise fail(None, f"{kind} in {where}", "apiVersion",
-                   f"unsupported apiVersion {api_version!r} for {kind} (expected {API_VERSION!r})")
+        raise fail(
+            None,
+            f"{kind} in {where}",
+            "apiVersion",
+            f"unsupported apiVersion {api_version!r} for {kind} (expected {API_VERSION!r})",
+        )
     try:
         meta = wire.as_mapping(body.get("metadata"), "metadata")
         name = wire.req_str(meta, "name", "metadata")
         namespaced = kind != "Namespace"
-        namespace = (wire.opt_str(meta, "namespace", "metadata") or DEFAULT_NAMESPACE) if (
-            namespaced) else ""
+        namespace = (
+            (wire.opt_str(meta, "namespace", "metadata") or DEFAULT_NAMESPACE)
+            if (namespaced)
+            else ""
+        )
         if namespaced and not is_dns_label(namespace):
-            raise WireError("metadata.namespace", f"{namespace!r} is not a valid namespace name "
-                            "(RFC 1123 label)")
-        name_ok = is_dns_subdomain(name) if kind in ("Pod", "ServiceAccount") else (
-            is_dns_label(name))
+            raise WireError(
+                "metadata.namespace",
+                f"{namespace!r} is not a valid namespace name (RFC 1123 label)",
+            )
+        name_ok = (
+            is_dns_subdomain(name) if kind in ("Pod", "ServiceAccount") else (is_dns_label(name))
+        )
         if not name_ok:
             raise WireError("metadata.name", f"{name!r} is not a valid {kind} name")
     except WireError as exc:
@@ -278,8 +294,7 @@ def _labels(meta: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 
 def _parse_pod(key: ObjectKey, body: Mapping[str, Any], meta: Mapping[str, Any]) -> PodObj:
     labels = _labels(meta)
-    annotations = wire.frozen_labels(wire.str_map(meta.get("annotations"),
-                                                  "metadata.annotations"))
+    annotations = wire.frozen_labels(wire.str_map(meta.get("annotations"), "metadata.annotations"))
     uid = wire.opt_str(meta, "uid", "metadata") or str(
         uuid.uuid5(_UID_NAMESPACE, f"{key.namespace}/{key.name}")
     )
@@ -306,8 +321,10 @@ def _parse_pod(key: ObjectKey, body: Mapping[str, Any], meta: Mapping[str, Any])
     ip_raw = status.get("podIP")
     ip = None if ip_raw in (None, "") else wire.ipv4(ip_raw, "status.podIP")
     if ip is not None and node is None:
-        raise WireError("spec.nodeName", "required field is missing (a pod with an IP must be "
-                        "scheduled on a node)")
+        raise WireError(
+            "spec.nodeName",
+            "required field is missing (a pod with an IP must be scheduled on a node)",
+        )
     return PodObj(key, uid, labels, annotations, node, sa, ip, tuple(named))
 
 
@@ -382,12 +399,16 @@ def translate(
         for other in defs:
             if other is winner:
                 continue
-            issues.append(ConfigIssue(
-                other.source, str(key), "",
-                f"duplicate object: already defined in {winner.source} (document "
-                f"{winner.index}); this definition in {other.source} (document {other.index}) "
-                "is ignored",
-            ))
+            issues.append(
+                ConfigIssue(
+                    other.source,
+                    str(key),
+                    "",
+                    f"duplicate object: already defined in {winner.source} (document "
+                    f"{winner.index}); this definition in {other.source} (document {other.index}) "
+                    "is ignored",
+                )
+            )
 
     # an invalid object leaves its last good version in force
     for error, obj in failed:
@@ -416,7 +437,8 @@ def build(
     """Workloads and services from validated objects (cross-object rules live here)."""
     items = sorted(accepted, key=lambda a: a.parsed.key)
     namespaces = {
-        a.parsed.key.name: dict(a.parsed.labels) for a in items
+        a.parsed.key.name: dict(a.parsed.labels)
+        for a in items
         if isinstance(a.parsed, NamespaceObj)
     }
     issues: list[ConfigIssue] = []
@@ -428,8 +450,14 @@ def build(
             continue
         w = _workload(pod, namespaces.get(pod.key.namespace, {}), trust_domain)
         if w.key in workloads:
-            issues.append(ConfigIssue(a.source, str(pod.key), "metadata.uid",
-                                      f"uid {w.key!r} is used by another pod; pod ignored"))
+            issues.append(
+                ConfigIssue(
+                    a.source,
+                    str(pod.key),
+                    "metadata.uid",
+                    f"uid {w.key!r} is used by another pod; pod ignored",
+                )
+            )
             continue
         workloads[w.key] = w
         pods[w.key] = pod
@@ -487,8 +515,9 @@ def _service(
     for p in svc.ports:
         target = _resolve_target(p, selected, pods)
         if isinstance(target, str):
-            issues.append(ConfigIssue(source, str(svc.key), f"spec.ports[{p.index}].targetPort",
-                                      target))
+            issues.append(
+                ConfigIssue(source, str(svc.key), f"spec.ports[{p.index}].targetPort", target)
+            )
             continue
         if target is None:
             continue  # named target port and no endpoints yet: nothing to resolve against
@@ -518,13 +547,18 @@ def _resolve_target(
         else:
             missing.append(w.name)
     if missing:
-        return (f"named port {p.target!r} is not declared by endpoint pod(s) "
-                f"{', '.join(sorted(missing))}; port ignored")
+        return (
+            f"named port {p.target!r} is not declared by endpoint pod(s) "
+            f"{', '.join(sorted(missing))}; port ignored"
+        )
     if len(numbers) > 1:
-        shown = "; ".join(f"{n} on {', '.join(sorted(names))}" for n, names in sorted(
-            numbers.items()))
-        return (f"named port {p.target!r} resolves to different numbers ({shown}); all endpoints "
-                "must agree; port ignored")
+        shown = "; ".join(
+            f"{n} on {', '.join(sorted(names))}" for n, names in sorted(numbers.items())
+        )
+        return (
+            f"named port {p.target!r} resolves to different numbers ({shown}); all endpoints "
+            "must agree; port ignored"
+        )
     if not numbers:
         return None
     return next(iter(numbers))

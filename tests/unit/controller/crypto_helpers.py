@@ -17,8 +17,10 @@ def make_csr(
     dns: list[str] | None = None,
 ) -> bytes:
     key = key or ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in (
-        ["spiffe://cluster.local/ns/default/sa/web"] if uris is None else uris)]
+    names: list[x509.GeneralName] = [
+        x509.UniformResourceIdentifier(u)
+        for u in (["spiffe://cluster.local/ns/default/sa/web"] if uris is None else uris)
+    ]
     names += [x509.DNSName(d) for d in dns or []]
     builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
     if names:
@@ -55,5 +57,6 @@ def pem(cert: x509.Certificate) -> bytes:
 
 
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )

@@ -70,11 +70,19 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     (tokens / "node-1").write_text(TOKEN1)
     (tokens / "node-2").write_text(TOKEN2)
     write(config_dir / "web.yaml", pod(uid="u1"), service())
-    write(config_dir / "db.yaml", pod("db-1", uid="u2", ip="10.78.2.2", node="node-2", sa="db",
-                                      labels={"app": "db"}))
-    config = Config(config_dir=config_dir, state_dir=state, node_tokens_dir=tokens,
-                    listen=HostPort("127.0.0.1", 0), metrics_listen=HostPort("127.0.0.1", 0),
-                    api_sans=("127.0.0.1",), drain_timeout_seconds=2.0)
+    write(
+        config_dir / "db.yaml",
+        pod("db-1", uid="u2", ip="10.78.2.2", node="node-2", sa="db", labels={"app": "db"}),
+    )
+    config = Config(
+        config_dir=config_dir,
+        state_dir=state,
+        node_tokens_dir=tokens,
+        listen=HostPort("127.0.0.1", 0),
+        metrics_listen=HostPort("127.0.0.1", 0),
+        api_sans=("127.0.0.1",),
+        drain_timeout_seconds=2.0,
+    )
     controller = Controller(config)
     stop = asyncio.Event()
     task = asyncio.create_task(controller.serve(stop), name="controller-under-test")
@@ -114,8 +122,12 @@ async def test_discovery_snapshot_delta_resume(running: Running) -> None:
         assert [s["name"] for s in snap["services"]] == ["web"]
         epoch, version = snap["epoch"], snap["version"]
         # change a file: a delta follows
-        write(running.config_dir / "web.yaml", pod(uid="u1"), pod("web-2", uid="u3",
-                                                                  ip="10.78.1.3"), service())
+        write(
+            running.config_dir / "web.yaml",
+            pod(uid="u1"),
+            pod("web-2", uid="u3", ip="10.78.1.3"),
+            service(),
+        )
         delta = await read_msg(resp)
         assert delta["type"] == "delta" and delta["version"] == version + 1
         assert {w["uid"] for w in delta["upsert"]["workloads"]} == {"u3"}
@@ -140,8 +152,7 @@ async def test_discovery_snapshot_delta_resume(running: Running) -> None:
 async def test_bad_token_is_401(running: Running) -> None:
     for path, method in [("/v1/discovery", "GET"), ("/v1/csr", "POST")]:
         for headers in [{}, auth("wrong-token-0123456789abcdef")]:
-            async with running.session.request(method, running.api + path,
-                                               headers=headers) as resp:
+            async with running.session.request(method, running.api + path, headers=headers) as resp:
                 assert resp.status == 401
                 assert "error" in await resp.json()
 
@@ -183,7 +194,8 @@ async def test_ops_endpoints_and_config_errors(running: Running) -> None:
     async with running.session.get(f"{running.ops}/readyz") as resp:
         assert resp.status == 200
     (running.config_dir / "bad.yaml").write_text(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {nodeName: 5}\n")
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {nodeName: 5}\n"
+    )
     await eventually(lambda: running.controller.config_errors())
     async with running.session.get(f"{running.ops}/debug/status") as resp:
         status = await resp.json()
@@ -194,3 +206,32 @@ async def test_ops_endpoints_and_config_errors(running: Running) -> None:
         text = await resp.text()
     assert "nodemesh_controller_config_errors 1.0" in text
     assert "nodemesh_controller_config_rejections_total 1.0" in text
+
+
+async def test_shutdown_ends_open_streams(tmp_path: Path) -> None:
+    config_dir, tokens, state = tmp_path / "config", tmp_path / "tokens", tmp_path / "state"
+    config_dir.mkdir()
+    tokens.mkdir()
+    (tokens / "node-1").write_text(TOKEN1)
+    config = Config(
+        config_dir=config_dir,
+        state_dir=state,
+        node_tokens_dir=tokens,
+        listen=HostPort("127.0.0.1", 0),
+        metrics_listen=HostPort("127.0.0.1", 0),
+    )
+    controller = Controller(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(controller.serve(stop))
+    await eventually(lambda: controller.ready() or task.done())
+    assert controller.api_address is not None
+    ctx = ssl.create_default_context(cafile=str(state / "ca" / "root-cert.pem"))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
+        url = f"https://localhost:{controller.api_address.port}/v1/discovery"
+        async with session.get(url, headers=auth(TOKEN1)) as resp:
+            assert (await read_msg(resp))["type"] == "snapshot"
+            started = time.monotonic()
+            stop.set()
+            assert await asyncio.wait_for(resp.content.read(), 5) == b""  # clean end of stream
+    await asyncio.wait_for(task, 5)
+    assert time.monotonic() - started < 3

@@ -60,8 +60,11 @@ def test_leaf_properties() -> None:
     assert isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
     assert leaf.not_valid_before_utc <= before - dt.timedelta(seconds=59)
     lifetime = leaf.not_valid_after_utc - before
-    assert dt.timedelta(hours=2) - dt.timedelta(seconds=5) <= lifetime <= dt.timedelta(
-        hours=2, seconds=5)
+    assert (
+        dt.timedelta(hours=2) - dt.timedelta(seconds=5)
+        <= lifetime
+        <= dt.timedelta(hours=2, seconds=5)
+    )
     other = ca.sign_workload(x509.load_pem_x509_csr(make_csr()), WEB, dt.timedelta(hours=2))
     assert other.leaf.serial_number != leaf.serial_number
 
@@ -86,8 +89,9 @@ def test_operator_supplied_intermediate_chain(tmp_path: Path) -> None:
     (tmp_path / "cert.pem").write_bytes(pem(mid2))
     (tmp_path / "key.pem").write_bytes(key_pem(mid2_key))
     (tmp_path / "chain.pem").write_bytes(pem(mid1) + pem(root))
-    ca = CertificateAuthority.from_files(tmp_path / "cert.pem", tmp_path / "key.pem",
-                                         tmp_path / "chain.pem")
+    ca = CertificateAuthority.from_files(
+        tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "chain.pem"
+    )
     assert ca.root == root
     issued = ca.sign_workload(x509.load_pem_x509_csr(make_csr()), WEB, dt.timedelta(hours=1))
     assert issued.chain[1:] == (mid2, mid1)
@@ -98,8 +102,9 @@ def test_operator_supplied_intermediate_chain(tmp_path: Path) -> None:
     # a chain in the wrong order
     (tmp_path / "bad-chain.pem").write_bytes(pem(root) + pem(mid1))
     with pytest.raises(CaError, match="did not sign"):
-        CertificateAuthority.from_files(tmp_path / "cert.pem", tmp_path / "key.pem",
-                                        tmp_path / "bad-chain.pem")
+        CertificateAuthority.from_files(
+            tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "bad-chain.pem"
+        )
 
 
 def test_operator_supplied_material_is_validated(tmp_path: Path) -> None:

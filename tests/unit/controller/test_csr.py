@@ -25,6 +25,7 @@ def test_valid_csr() -> None:
 def _tampered() -> bytes:
     import base64
     import re
+
     pem = make_csr().decode()
     body = re.sub(r"-----[^-]+-----", "", pem).replace("\n", "")
     der = bytearray(base64.b64decode(body))
@@ -33,21 +34,41 @@ def _tampered() -> bytes:
     return f"-----BEGIN CERTIFICATE REQUEST-----\n{b64}-----END CERTIFICATE REQUEST-----\n".encode()
 
 
-@pytest.mark.parametrize(("case", "pem", "reason", "fragment"), [
-    ("garbage", b"hello", "malformed", "not a PEM"),
-    ("rsa key", make_csr(key=rsa.generate_private_key(65537, 2048)), "key_type", "P-256"),
-    ("p384 key", make_csr(key=ec.generate_private_key(ec.SECP384R1())), "key_type", "secp384r1"),
-    ("two URI SANs", make_csr(["spiffe://cluster.local/ns/a/sa/b",
-                               "spiffe://cluster.local/ns/a/sa/c"]), "san", "exactly one"),
-    ("URI plus DNS", make_csr(dns=["web.default"]), "san", "exactly one"),
-    ("no SAN", make_csr([]), "san", "no subjectAltName"),
-    ("not spiffe", make_csr(["https://example.com/x"]), "san", "not a SPIFFE id"),
-    ("not a workload id", make_csr(["spiffe://cluster.local/foo"]), "san",
-     "not a workload identity"),
-    ("wrong trust domain", make_csr(["spiffe://evil.org/ns/default/sa/web"]), "trust_domain",
-     "evil.org"),
-    ("bad signature", _tampered(), "signature", "signature"),
-])
+@pytest.mark.parametrize(
+    ("case", "pem", "reason", "fragment"),
+    [
+        ("garbage", b"hello", "malformed", "not a PEM"),
+        ("rsa key", make_csr(key=rsa.generate_private_key(65537, 2048)), "key_type", "P-256"),
+        (
+            "p384 key",
+            make_csr(key=ec.generate_private_key(ec.SECP384R1())),
+            "key_type",
+            "secp384r1",
+        ),
+        (
+            "two URI SANs",
+            make_csr(["spiffe://cluster.local/ns/a/sa/b", "spiffe://cluster.local/ns/a/sa/c"]),
+            "san",
+            "exactly one",
+        ),
+        ("URI plus DNS", make_csr(dns=["web.default"]), "san", "exactly one"),
+        ("no SAN", make_csr([]), "san", "no subjectAltName"),
+        ("not spiffe", make_csr(["https://example.com/x"]), "san", "not a SPIFFE id"),
+        (
+            "not a workload id",
+            make_csr(["spiffe://cluster.local/foo"]),
+            "san",
+            "not a workload identity",
+        ),
+        (
+            "wrong trust domain",
+            make_csr(["spiffe://evil.org/ns/default/sa/web"]),
+            "trust_domain",
+            "evil.org",
+        ),
+        ("bad signature", _tampered(), "signature", "signature"),
+    ],
+)
 def test_invalid_csrs(case: str, pem: bytes, reason: str, fragment: str) -> None:
     with pytest.raises(CsrRejected) as info:
         validate_csr(pem, TD)
@@ -56,12 +77,15 @@ def test_invalid_csrs(case: str, pem: bytes, reason: str, fragment: str) -> None
     assert info.value.status == 400
 
 
-@pytest.mark.parametrize(("body", "reason", "status"), [
-    (b"not json", "malformed", 400),
-    (b'["csr"]', "malformed", 400),
-    (b'{"csr": 5}', "malformed", 400),
-    (b"x" * (MAX_CSR_BYTES + 1), "too_large", 413),
-])
+@pytest.mark.parametrize(
+    ("body", "reason", "status"),
+    [
+        (b"not json", "malformed", 400),
+        (b'["csr"]', "malformed", 400),
+        (b'{"csr": 5}', "malformed", 400),
+        (b"x" * (MAX_CSR_BYTES + 1), "too_large", 413),
+    ],
+)
 def test_request_body(body: bytes, reason: str, status: int) -> None:
     with pytest.raises(CsrRejected) as info:
         parse_request_body(body)
@@ -70,8 +94,16 @@ def test_request_body(body: bytes, reason: str, status: int) -> None:
 
 
 def _w(node: str, ns: str = "default", sa: str = "web") -> Workload:
-    return Workload(PodUid(f"{node}-{ns}-{sa}"), "p", ns, sa, SpiffeId(TD, ns, sa),
-                    NodeName(node), ipaddress.IPv4Address("10.0.0.1"), True)
+    return Workload(
+        PodUid(f"{node}-{ns}-{sa}"),
+        "p",
+        ns,
+        sa,
+        SpiffeId(TD, ns, sa),
+        NodeName(node),
+        ipaddress.IPv4Address("10.0.0.1"),
+        True,
+    )
 
 
 def test_authorization_rule() -> None:

@@ -13,9 +13,16 @@ N = NodeName("node-1")
 
 
 def _w(i: int) -> Workload:
-    return Workload(PodUid(f"u{i}"), f"p{i}", "default", "web",
-                    SpiffeId("cluster.local", "default", "web"), N,
-                    ipaddress.IPv4Address(f"10.0.0.{i}"), True)
+    return Workload(
+        PodUid(f"u{i}"),
+        f"p{i}",
+        "default",
+        "web",
+        SpiffeId("cluster.local", "default", "web"),
+        N,
+        ipaddress.IPv4Address(f"10.0.0.{i}"),
+        True,
+    )
 
 
 def _state(n: int) -> dict[str, Workload]:

@@ -60,15 +60,13 @@ def test_malformed_yaml_keeps_last_good_and_is_counted(tmp_path: Path) -> None:
     # the same error on a later poll is not counted again
     os.utime(tmp_path / "a.yaml", ns=(1, 1))
     src.poll_once()
-    assert metrics.registry.get_sample_value(
-        "nodemesh_controller_config_rejections_total") == 1
+    assert metrics.registry.get_sample_value("nodemesh_controller_config_rejections_total") == 1
     # a bad field in another object
     write(tmp_path / "a.yaml", pod(uid="u1"), {**service(), "spec": {"ports": [{"port": "x"}]}})
     src.poll_once()
     (err,) = src.errors
     assert (err.object, err.field) == ("Service default/web", "spec.ports[0].port")
-    assert metrics.registry.get_sample_value(
-        "nodemesh_controller_config_rejections_total") == 2
+    assert metrics.registry.get_sample_value("nodemesh_controller_config_rejections_total") == 2
     write(tmp_path / "a.yaml", pod(uid="u1"))
     src.poll_once()
     assert src.errors == () and metrics.config_errors._value.get() == 0

@@ -39,52 +39,152 @@ DELETE = object()
 INVALID: list[tuple[str, Any, str, str, str]] = [
     ("not an object", ["a", "list"], "document 0", "", "expected an object"),
     ("no kind", mutate(pod(), "kind", DELETE), "document 0", "kind", "missing"),
-    ("unknown kind", mutate(pod(), "kind", "Deployment"), "document 0", "kind",
-     "unknown kind 'Deployment'"),
-    ("bad apiVersion", mutate(pod(), "apiVersion", "apps/v1"), "Pod in document 0",
-     "apiVersion", "apps/v1"),
-    ("no name", mutate(pod(), "metadata.name", DELETE), "Pod in document 0", "metadata.name",
-     "missing"),
-    ("name not string", mutate(pod(), "metadata.name", 5), "Pod in document 0",
-     "metadata.name", "expected a string"),
-    ("bad namespace", mutate(pod(), "metadata.namespace", "Bad_NS"), "Pod in document 0",
-     "metadata.namespace", "not a valid namespace"),
-    ("labels not strings", mutate(pod(), "metadata.labels", {"app": 3}), "Pod default/web-1",
-     "metadata.labels.app", "expected a string"),
-    ("pod without spec", mutate(pod(), "spec", DELETE), "Pod default/web-1", "spec",
-     "expected an object"),
-    ("nodeName mistyped", mutate(pod(), "spec.nodeName", 7), "Pod default/web-1",
-     "spec.nodeName", "expected a string"),
-    ("nodeName missing with IP", mutate(pod(), "spec.nodeName", DELETE), "Pod default/web-1",
-     "spec.nodeName", "missing"),
-    ("bad pod IP", mutate(pod(), "status.podIP", "10.0.0.300"), "Pod default/web-1",
-     "status.podIP", "not an IPv4 address"),
-    ("bad service account", mutate(pod(), "spec.serviceAccountName", "UPPER"),
-     "Pod default/web-1", "spec.serviceAccountName", "not a valid service account"),
-    ("container port mistyped",
-     pod(ports=[{"name": "http", "containerPort": "80"}]), "Pod default/web-1",
-     "spec.containers[0].ports[0].containerPort", "expected an integer"),
-    ("service port missing", mutate(service(), "spec.ports[0].port", DELETE),
-     "Service default/web", "spec.ports[0].port", "missing"),
-    ("service port mistyped", mutate(service(), "spec.ports[0].port", "eighty"),
-     "Service default/web", "spec.ports[0].port", "expected an integer"),
-    ("service port range", mutate(service(), "spec.ports[0].port", 70000),
-     "Service default/web", "spec.ports[0].port", "out of range"),
-    ("targetPort mistyped", mutate(service(), "spec.ports[0].targetPort", [1]),
-     "Service default/web", "spec.ports[0].targetPort", "expected an integer"),
-    ("bad clusterIP", mutate(service(), "spec.clusterIP", "nope"), "Service default/web",
-     "spec.clusterIP", "not an IPv4 address"),
-    ("ports not a list", mutate(service(), "spec.ports", {"port": 80}), "Service default/web",
-     "spec.ports", "expected a list"),
-    ("selector mistyped", mutate(service(), "spec.selector", {"app": True}),
-     "Service default/web", "spec.selector.app", "expected a string"),
-    ("namespace name", mutate(namespace("x"), "metadata.name", "Not_A_Label"),
-     "Namespace in document 0", "metadata.name", "not a valid Namespace name"),
+    (
+        "unknown kind",
+        mutate(pod(), "kind", "Deployment"),
+        "document 0",
+        "kind",
+        "unknown kind 'Deployment'",
+    ),
+    (
+        "bad apiVersion",
+        mutate(pod(), "apiVersion", "apps/v1"),
+        "Pod in document 0",
+        "apiVersion",
+        "apps/v1",
+    ),
+    (
+        "no name",
+        mutate(pod(), "metadata.name", DELETE),
+        "Pod in document 0",
+        "metadata.name",
+        "missing",
+    ),
+    (
+        "name not string",
+        mutate(pod(), "metadata.name", 5),
+        "Pod in document 0",
+        "metadata.name",
+        "expected a string",
+    ),
+    (
+        "bad namespace",
+        mutate(pod(), "metadata.namespace", "Bad_NS"),
+        "Pod in document 0",
+        "metadata.namespace",
+        "not a valid namespace",
+    ),
+    (
+        "labels not strings",
+        mutate(pod(), "metadata.labels", {"app": 3}),
+        "Pod default/web-1",
+        "metadata.labels.app",
+        "expected a string",
+    ),
+    (
+        "pod without spec",
+        mutate(pod(), "spec", DELETE),
+        "Pod default/web-1",
+        "spec",
+        "expected an object",
+    ),
+    (
+        "nodeName mistyped",
+        mutate(pod(), "spec.nodeName", 7),
+        "Pod default/web-1",
+        "spec.nodeName",
+        "expected a string",
+    ),
+    (
+        "nodeName missing with IP",
+        mutate(pod(), "spec.nodeName", DELETE),
+        "Pod default/web-1",
+        "spec.nodeName",
+        "missing",
+    ),
+    (
+        "bad pod IP",
+        mutate(pod(), "status.podIP", "10.0.0.300"),
+        "Pod default/web-1",
+        "status.podIP",
+        "not an IPv4 address",
+    ),
+    (
+        "bad service account",
+        mutate(pod(), "spec.serviceAccountName", "UPPER"),
+        "Pod default/web-1",
+        "spec.serviceAccountName",
+        "not a valid service account",
+    ),
+    (
+        "container port mistyped",
+        pod(ports=[{"name": "http", "containerPort": "80"}]),
+        "Pod default/web-1",
+        "spec.containers[0].ports[0].containerPort",
+        "expected an integer",
+    ),
+    (
+        "service port missing",
+        mutate(service(), "spec.ports[0].port", DELETE),
+        "Service default/web",
+        "spec.ports[0].port",
+        "missing",
+    ),
+    (
+        "service port mistyped",
+        mutate(service(), "spec.ports[0].port", "eighty"),
+        "Service default/web",
+        "spec.ports[0].port",
+        "expected an integer",
+    ),
+    (
+        "service port range",
+        mutate(service(), "spec.ports[0].port", 70000),
+        "Service default/web",
+        "spec.ports[0].port",
+        "out of range",
+    ),
+    (
+        "targetPort mistyped",
+        mutate(service(), "spec.ports[0].targetPort", [1]),
+        "Service default/web",
+        "spec.ports[0].targetPort",
+        "expected an integer",
+    ),
+    (
+        "bad clusterIP",
+        mutate(service(), "spec.clusterIP", "nope"),
+        "Service default/web",
+        "spec.clusterIP",
+        "not an IPv4 address",
+    ),
+    (
+        "ports not a list",
+        mutate(service(), "spec.ports", {"port": 80}),
+        "Service default/web",
+        "spec.ports",
+        "expected a list",
+    ),
+    (
+        "selector mistyped",
+        mutate(service(), "spec.selector", {"app": True}),
+        "Service default/web",
+        "spec.selector.app",
+        "expected a string",
+    ),
+    (
+        "namespace name",
+        mutate(namespace("x"), "metadata.name", "Not_A_Label"),
+        "Namespace in document 0",
+        "metadata.name",
+        "not a valid Namespace name",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "body", "obj", "field", "fragment"), INVALID,
-                         ids=[c[0] for c in INVALID])
+@pytest.mark.parametrize(
+    ("case", "body", "obj", "field", "fragment"), INVALID, ids=[c[0] for c in INVALID]
+)
 def test_invalid_objects_are_rejected_with_file_object_and_field(
     case: str, body: Any, obj: str, field: str, fragment: str
 ) -> None:
@@ -131,16 +231,19 @@ def test_pod_without_ip_is_not_a_workload_and_not_an_error() -> None:
 L = "nodemesh.io/dataplane-mode"
 
 
-@pytest.mark.parametrize(("ns_label", "pod_label", "enrolled"), [
-    (None, None, False),
-    (None, "enabled", True),
-    ("enabled", None, True),
-    ("enabled", "none", False),
-    ("enabled", "enabled", True),
-    ("disabled", None, False),
-    (None, "none", False),
-    ("enabled", "other", True),
-])
+@pytest.mark.parametrize(
+    ("ns_label", "pod_label", "enrolled"),
+    [
+        (None, None, False),
+        (None, "enabled", True),
+        ("enabled", None, True),
+        ("enabled", "none", False),
+        ("enabled", "enabled", True),
+        ("disabled", None, False),
+        (None, "none", False),
+        ("enabled", "other", True),
+    ],
+)
 def test_enrollment(ns_label: str | None, pod_label: str | None, enrolled: bool) -> None:
     labels = {"app": "web"} | ({L: pod_label} if pod_label else {})
     bodies: list[Any] = [pod(labels=labels)]
@@ -170,16 +273,19 @@ def test_endpoint_selection_by_labels_and_namespace() -> None:
     assert [str(e.ip) for e in web.endpoints] == ["10.78.1.2", "10.78.1.3"]
     assert web.vip == ipaddress.IPv4Address("10.96.0.10")
     assert [(p.port, p.target_port, p.name) for p in web.ports] == [(80, 8080, "http")]
-    assert {result.workloads[e.uid].name for e in result.services["default/v1"].endpoints} == {
-        "a"}
+    assert {result.workloads[e.uid].name for e in result.services["default/v1"].endpoints} == {"a"}
     assert result.services["default/none"].endpoints == ()
     assert result.services["default/headless"].vip is None
 
 
 def test_named_target_port_resolves_per_endpoint() -> None:
     ports = [{"name": "http", "containerPort": 8080}]
-    svc = service(ports=[{"port": 80, "targetPort": "http", "appProtocol": "http"},
-                         {"port": 53, "protocol": "UDP"}])
+    svc = service(
+        ports=[
+            {"port": 80, "targetPort": "http", "appProtocol": "http"},
+            {"port": 53, "protocol": "UDP"},
+        ]
+    )
     result = translate(objs(pod("a", ports=ports), pod("b", ip="10.78.1.9", ports=ports), svc))
     assert result.errors == ()
     (port,) = result.services["default/web"].ports
@@ -190,16 +296,24 @@ def test_named_target_port_resolves_per_endpoint() -> None:
     assert p2.target_port == 9090
 
 
-@pytest.mark.parametrize(("ports_b", "fragment"), [
-    ([{"name": "http", "containerPort": 9090}], "different numbers"),
-    ([], "not declared by endpoint pod(s) b"),
-])
+@pytest.mark.parametrize(
+    ("ports_b", "fragment"),
+    [
+        ([{"name": "http", "containerPort": 9090}], "different numbers"),
+        ([], "not declared by endpoint pod(s) b"),
+    ],
+)
 def test_named_target_port_disagreement_is_reported(
     ports_b: list[dict[str, Any]], fragment: str
 ) -> None:
     svc = service(ports=[{"port": 80, "targetPort": "http"}, {"port": 81, "targetPort": 8081}])
-    result = translate(objs(pod("a", ports=[{"name": "http", "containerPort": 8080}]),
-                            pod("b", ip="10.78.1.9", ports=ports_b), svc))
+    result = translate(
+        objs(
+            pod("a", ports=[{"name": "http", "containerPort": 8080}]),
+            pod("b", ip="10.78.1.9", ports=ports_b),
+            svc,
+        )
+    )
     (err,) = result.errors
     assert (err.object, err.field) == ("Service default/web", "spec.ports[0].targetPort")
     assert fragment in err.message
