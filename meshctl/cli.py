@@ -109,7 +109,12 @@ def _local_pods(args: argparse.Namespace) -> int:
 def _local_exec(args: argparse.Namespace) -> int:
     from meshctl.local import cluster
 
-    cmd: list[str] = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    cmd: list[str] = list(args.cmd)
+    # options between POD and "--" (argparse hands them to the remainder): only --state-dir
+    while cmd[:1] == ["--state-dir"] and len(cmd) >= 2:
+        args.state_dir, cmd = Path(cmd[1]), cmd[2:]
+    if cmd[:1] == ["--"]:
+        cmd = cmd[1:]
     if not cmd:
         raise _Usage("meshctl local exec: missing command (usage: meshctl local exec POD -- CMD)")
     return cluster.exec_in_pod(_state(args), args.pod, cmd)

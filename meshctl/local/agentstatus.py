@@ -1,14 +1,16 @@
 """Reading a node agent's status file (``--status-file``, pure parsing).
 
-docs/CONTRACTS.md does not fix this file's schema yet; meshctl reads, tolerantly::
+docs/CONTRACTS.md does not fix this file's schema yet; the agent writes (node_agent/app.py)::
 
-    {"node": "node-1",
-     "pods": [{"uid": "...", "name": "...", "namespace": "...",
-               "state": "redirected" | "pending" | "failed", "redirection": "iptables" | null,
-               "error": "..."}]}
+    {"node": "node-1", ...,
+     "pods": [{"uid": "...", "name": "...", "namespace": "...", "mode": "iptables",
+               "status": "pending" | "redirected" | "error" | "removed",
+               "ztunnel": true, "lastError": "..." | null}]}
 
-``pods`` may also be an object keyed by uid. Without ``state``, a pod counts as ``redirected``
-when ``redirected`` is true or ``redirection`` names a mode. Unknown shapes give no pods.
+meshctl reads it tolerantly: ``state`` is accepted for ``status``, ``error`` for ``lastError``,
+``pods`` may be an object keyed by uid, and without a status a pod counts as ``redirected`` when
+``redirected`` is true. A pod is :attr:`PodRedirection.ready` once it is redirected and the agent
+does not report it missing from the ztunnel. Unknown shapes give no pods.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ class PodRedirection:
     uid: str
     state: str
     error: str | None = None
+    #: whether the agent handed the pod to the ztunnel; None when not reported
+    in_ztunnel: bool | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == REDIRECTED and self.in_ztunnel is not False
 
 
 def parse(text: str) -> dict[str, PodRedirection]:
@@ -43,12 +51,15 @@ def parse(text: str) -> dict[str, PodRedirection]:
     for uid, entry in entries:
         if not uid or not isinstance(entry, dict):
             continue
-        state = entry.get("state")
+        state = entry.get("status", entry.get("state"))
         if not isinstance(state, str):
-            mode = entry.get("redirection")
-            state = REDIRECTED if entry.get("redirected") is True or (
-                isinstance(mode, str) and mode not in ("", "none")
-            ) else "pending"
-        error = entry.get("error")
-        out[uid] = PodRedirection(uid, state, error if isinstance(error, str) else None)
+            state = REDIRECTED if entry.get("redirected") is True else "pending"
+        error = entry.get("lastError", entry.get("error"))
+        in_ztunnel = entry.get("ztunnel")
+        out[uid] = PodRedirection(
+            uid,
+            state,
+            error if isinstance(error, str) else None,
+            in_ztunnel if isinstance(in_ztunnel, bool) else None,
+        )
     return out

@@ -202,9 +202,7 @@ def _wait_for_mesh(topo: Topology, layout: Layout, deadline: float) -> None:
                 status = agentstatus.parse(layout.agent_status(node).read_text())
             except OSError:
                 return False
-            return all(
-                u in status and status[u].state == agentstatus.REDIRECTED for u in uids
-            )
+            return all(u in status and status[u].ready for u in uids)
 
         _wait(
             redirected,

@@ -53,8 +53,14 @@ def test_enrollment_follows_applied_labels(tmp_path: Path, capsys: object) -> No
 
 
 def test_agent_status_shapes() -> None:
-    by_list = agentstatus.parse('{"pods": [{"uid": "a", "redirection": "iptables"}, {"uid": "b"}]}')
-    assert {u: s.state for u, s in by_list.items()} == {"a": "redirected", "b": "pending"}
+    agent = agentstatus.parse(json.dumps({"node": "node-1", "pods": [
+        {"uid": "a", "mode": "iptables", "status": "redirected", "ztunnel": True},
+        {"uid": "b", "mode": "iptables", "status": "redirected", "ztunnel": False},
+        {"uid": "c", "mode": "iptables", "status": "error", "lastError": "boom"},
+    ]}))
+    assert {u: (s.state, s.ready) for u, s in agent.items()} == {
+        "a": ("redirected", True), "b": ("redirected", False), "c": ("error", False)}
+    assert agent["c"].error == "boom"
     by_map = agentstatus.parse('{"pods": {"a": {"redirected": true}}}')
     assert by_map["a"].state == "redirected"
     assert agentstatus.parse("not json") == {} and agentstatus.parse("[1]") == {}
