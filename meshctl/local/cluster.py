@@ -71,6 +71,16 @@ def up(config: UpConfig, netlink: Netlink | None = None) -> Topology:
             f"{' …' if len(left) > 5 else ''}; run `meshctl local down` first"
         )
     topo = topology.build(config.nodes, config.pods_per_node)
+    try:
+        _build(config, topo, nl, cg_mount)
+    except MeshctlError as exc:
+        raise ClusterError(
+            f"{exc} (the partial cluster is left for debugging; `meshctl local down` removes it)"
+        ) from exc
+    return topo
+
+
+def _build(config: UpConfig, topo: Topology, nl: Netlink, cg_mount: str) -> None:
     layout = Layout(config.state_dir)
     deadline = time.monotonic() + config.timeout
 
@@ -131,7 +141,6 @@ def up(config: UpConfig, netlink: Netlink | None = None) -> Topology:
 
     if comps.wait_for_mesh:
         _wait_for_mesh(topo, layout, deadline)
-    return topo
 
 
 def _cluster_json(topo: Topology, cg_mount: str) -> str:
