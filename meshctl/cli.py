@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from meshctl.errors import MeshctlError
+from meshctl.local.components import MeshComponents
 from meshctl.local.layout import STATE_DIR_ENV, Layout, default_state_dir
 
 
@@ -42,7 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="extra enrolled sample-app pods per node (default 0)")
     up.add_argument("--timeout", type=float, default=60.0,
                     help="seconds to wait for the mesh to become ready (default 60)")
+    up.add_argument("--workload-cert-ttl", type=int, default=None, metavar="SECONDS",
+                    help="lifetime of workload certificates (default: the controller's, 24 h)")
     up.set_defaults(func=_local_up)
+    for verb, func, help_text in (
+        ("stop", _local_stop, "stop one mesh component (controller, ztunnel or agent)"),
+        ("start", _local_start, "start a stopped mesh component again, as `up` started it"),
+        ("restart", _local_restart, "stop and start one mesh component"),
+    ):
+        comp = lsub.add_parser(verb, parents=[common], help=help_text)
+        comp.add_argument("component", choices=["controller", "ztunnel", "agent"])
+        comp.add_argument("--node", default=None, help="the node (for ztunnel and agent)")
+        comp.set_defaults(func=func)
     down = lsub.add_parser("down", parents=[common], help="remove everything the cluster created")
     down.set_defaults(func=_local_down)
     pods = lsub.add_parser("pods", parents=[common], help="list the pods")
@@ -80,9 +92,38 @@ def _local_up(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     state = _state(args)
-    topo = cluster.up(cluster.UpConfig(state, args.nodes, args.pods_per_node, args.timeout))
+    if args.workload_cert_ttl is not None and args.workload_cert_ttl < 10:
+        raise _Usage("--workload-cert-ttl must be at least 10 seconds")
+    topo = cluster.up(cluster.UpConfig(
+        state, args.nodes, args.pods_per_node, args.timeout,
+        MeshComponents(workload_cert_ttl=args.workload_cert_ttl)))
     print(f"local cluster up in {time.monotonic() - started:.1f}s: {len(topo.nodes)} nodes, "
           f"{len(topo.pods)} pods (state in {state}); `meshctl local pods` lists them")
+    return 0
+
+
+def _local_stop(args: argparse.Namespace) -> int:
+    from meshctl.local import cluster
+
+    was = cluster.stop_component(_state(args), args.component, args.node)
+    print(f"{args.component} {'stopped' if was else 'was not running'}")
+    return 0
+
+
+def _local_start(args: argparse.Namespace) -> int:
+    from meshctl.local import cluster
+
+    cluster.start_component(_state(args), args.component, args.node)
+    print(f"{args.component} started")
+    return 0
+
+
+def _local_restart(args: argparse.Namespace) -> int:
+    from meshctl.local import cluster
+
+    cluster.stop_component(_state(args), args.component, args.node)
+    cluster.start_component(_state(args), args.component, args.node)
+    print(f"{args.component} restarted")
     return 0
 
 

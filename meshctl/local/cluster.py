@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 import urllib.error
@@ -27,6 +26,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from meshctl import configdir
 from meshctl.errors import ClusterError, MeshctlError, PodNotFoundError
@@ -111,18 +111,16 @@ def _build(config: UpConfig, topo: Topology, nl: Netlink, cg_mount: str) -> None
         ((objects.object_filename(o), o) for o in objects.topology_objects(topo)),
     )
 
-    controller_log = layout.controller_dir / "controller.log"
-    controller_cg = cgroups.component_cgroup(cg_mount, "controller")
-    cgroups.create(controller_cg)
-    processes.start([Launch("controller", tuple(comps.controller(layout)), controller_log,
-                            layout.controller_dir / "controller.pid", controller_cg)])
+    controller = component_launch(layout, cg_mount, "controller", comps.controller(layout))
+    cgroups.create(controller.cgroup)
+    processes.start([controller])
     _wait(
         lambda: layout.controller_root_cert.is_file()
         and layout.controller_root_cert.stat().st_size > 0,
         deadline,
         f"the controller did not write its root certificate {layout.controller_root_cert}",
-        controller_log,
-        layout.controller_dir / "controller.pid",
+        controller.log,
+        controller.pid_file,
     )
     for node in topo.nodes:
         shutil.copyfile(layout.controller_root_cert, layout.root_cert(node))
@@ -131,12 +129,9 @@ def _build(config: UpConfig, topo: Topology, nl: Netlink, cg_mount: str) -> None
     for node in topo.nodes:
         for kind, argv in (("ztunnel", comps.ztunnel(layout, node)),
                            ("agent", comps.agent(layout, node))):
-            cg = cgroups.component_cgroup(cg_mount, f"{node.name}-{kind}")
-            cgroups.create(cg)
-            node_dir = layout.node_dir(node)
-            node_launches.append(Launch(f"{kind} on {node.name}", tuple(argv),
-                                        node_dir / f"{kind}.log", node_dir / f"{kind}.pid",
-                                        cg, f"/run/netns/{node.netns}"))
+            launch = component_launch(layout, cg_mount, kind, argv, node)
+            cgroups.create(launch.cgroup)
+            node_launches.append(launch)
     processes.start(node_launches)
 
     if comps.wait_for_mesh:
@@ -221,6 +216,88 @@ def _wait_for_mesh(topo: Topology, layout: Layout, deadline: float) -> None:
             layout.node_dir(node) / "agent.log",
             layout.node_dir(node) / "agent.pid",
         )
+
+
+# --- components -----------------------------------------------------------------------------
+
+COMPONENT_KINDS: Final = ("controller", "ztunnel", "agent")
+
+
+def component_launch(
+    layout: Layout, cg_mount: str, kind: str, argv: list[str], node: topology.Node | None = None
+) -> Launch:
+    """How ``up`` starts one mesh component; ``restart_component`` starts it again the same way
+    (the argv is recorded beside the pid file, so a restart reproduces ``up``'s flags)."""
+    if kind == "controller":
+        return Launch("controller", tuple(argv), layout.controller_dir / "controller.log",
+                      layout.controller_dir / "controller.pid",
+                      cgroups.component_cgroup(cg_mount, "controller"))
+    assert node is not None
+    node_dir = layout.node_dir(node)
+    return Launch(f"{kind} on {node.name}", tuple(argv), node_dir / f"{kind}.log",
+                  node_dir / f"{kind}.pid",
+                  cgroups.component_cgroup(cg_mount, f"{node.name}-{kind}"),
+                  f"/run/netns/{node.netns}")
+
+
+def _component(state_dir: Path, kind: str, node_name: str | None) -> tuple[Launch, Layout]:
+    if kind not in COMPONENT_KINDS:
+        raise ClusterError(f"unknown component {kind!r}; one of {', '.join(COMPONENT_KINDS)}")
+    topo, mount = load(state_dir)
+    layout = Layout(state_dir)
+    node = None
+    if kind != "controller":
+        matches = [n for n in topo.nodes if n.name == node_name]
+        if not matches:
+            known = ", ".join(n.name for n in topo.nodes)
+            raise ClusterError(f"{kind} needs --node, one of: {known} (got {node_name!r})")
+        node = matches[0]
+    launch = component_launch(layout, mount, kind, [], node)
+    recorded = processes.recorded_argv(launch.pid_file)
+    if recorded is None:
+        raise ClusterError(f"no recorded command for {launch.name} beside {launch.pid_file}; "
+                           "was the cluster started by `meshctl local up`?")
+    return Launch(launch.name, recorded, launch.log, launch.pid_file, launch.cgroup,
+                  launch.netns), layout
+
+
+def stop_component(state_dir: Path, kind: str, node_name: str | None = None) -> bool:
+    """SIGTERM (then SIGKILL) one component; True if it was running."""
+    _require_root()
+    launch, _ = _component(state_dir, kind, node_name)
+    pids = cgroups.pids(launch.cgroup)
+    live = pidfile.live_pid(launch.pid_file)
+    if live is not None:
+        pids.add(live)
+    left = processes.terminate(pids)
+    if left:
+        raise ClusterError(f"{launch.name} did not exit (pids {sorted(left)})")
+    return bool(pids)
+
+
+def start_component(state_dir: Path, kind: str, node_name: str | None = None,
+                    timeout: float = 30.0) -> None:
+    """Start one component again with the flags ``up`` gave it and wait until it is ready."""
+    _require_root()
+    launch, layout = _component(state_dir, kind, node_name)
+    if pidfile.live_pid(launch.pid_file) is not None:
+        raise ClusterError(f"{launch.name} is already running; use `meshctl local restart`")
+    processes.start([launch])
+    topo, _ = load(state_dir)
+    deadline = time.monotonic() + timeout
+    if kind == "controller":
+        url = f"http://{topology.CONTROLLER_METRICS}/readyz"
+    elif kind == "ztunnel":
+        url = f"http://{next(n for n in topo.nodes if n.name == node_name).readiness}/healthz/ready"
+    else:
+        url = ""
+    if url:
+        _wait(functools.partial(_http_ok, url), deadline, f"{launch.name} is not ready ({url})",
+              launch.log, launch.pid_file)
+    else:
+        _wait(lambda: layout.agent_status(
+            next(n for n in topo.nodes if n.name == node_name)).is_file(), deadline,
+            f"{launch.name} wrote no status", launch.log, launch.pid_file)
 
 
 # --- down -----------------------------------------------------------------------------------
@@ -359,8 +436,10 @@ def exec_in_pod(state_dir: Path, ref: str, argv: list[str]) -> int:
     pod = find_pod(topo, ref)
     cmd = [sys.executable, "-m", "meshctl.local.podexec", "--netns", pod.netns_path,
            "--cgroup", pod.cgroup(mount), "--", *argv]
+    sys.stdout.flush()
+    sys.stderr.flush()
     try:
-        rc = subprocess.run(cmd, check=False).returncode
+        # replace meshctl with the wrapper: signals sent to `meshctl local exec` reach the command
+        os.execv(sys.executable, cmd)
     except OSError as exc:
         raise ClusterError(f"cannot run {argv[0]!r} in {pod.key}: {exc}") from exc
-    return 128 - rc if rc < 0 else rc

@@ -38,8 +38,9 @@ def sample_app(pod: Pod) -> list[str]:
 class MeshComponents:
     wait_for_mesh = True
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, workload_cert_ttl: int | None = None) -> None:
         self.python = python
+        self.workload_cert_ttl = workload_cert_ttl
 
     def controller(self, layout: Layout) -> list[str]:
         return [
@@ -50,6 +51,8 @@ class MeshComponents:
             "--listen", CONTROLLER_API,
             "--metrics-listen", CONTROLLER_METRICS,
             "--api-san", str(HOST_BRIDGE_IP),
+            *(["--workload-cert-ttl", str(self.workload_cert_ttl)]
+              if self.workload_cert_ttl is not None else []),
         ]
 
     def _node_flags(self, layout: Layout, node: Node) -> list[str]:

@@ -8,6 +8,7 @@ have lost any one of them: pid files, membership of our cgroups, and network nam
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -45,6 +46,7 @@ def start(launches: Iterable[Launch]) -> None:
         if launch.netns is not None:
             argv += ["--netns", launch.netns]
         argv += ["--", *launch.argv]
+        _argv_file(launch.pid_file).write_text(json.dumps(list(launch.argv)) + "\n")
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except OSError as exc:
@@ -63,6 +65,21 @@ def start(launches: Iterable[Launch]) -> None:
             failures.append(f"{launch.name}: {err.decode(errors='replace').strip()}")
     if failures:
         raise ClusterError("could not start: " + "; ".join(failures))
+
+
+def _argv_file(pid_file: Path) -> Path:
+    return pid_file.with_name(pid_file.name + ".argv.json")
+
+
+def recorded_argv(pid_file: Path) -> tuple[str, ...] | None:
+    """The command last started with this pid file (written by :func:`start`)."""
+    try:
+        value = json.loads(_argv_file(pid_file).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
+        return None
+    return tuple(value)
 
 
 def alive(pid: int) -> bool:
