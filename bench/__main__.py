@@ -69,8 +69,9 @@ def set_enrollment(enabled: bool) -> None:
     while time.monotonic() < deadline:
         state = pods()
         wanted = [state[p] for p in (CLIENT_POD, SERVER_POD)]
-        if all(p.get("enrolled") is enabled and p.get("redirection") == (
-            "iptables" if enabled else "none") for p in wanted):
+        if all(p.get("enrolled") is enabled and (
+            p.get("redirection") == "redirected" if enabled
+            else p.get("redirection") in (None, "removed")) for p in wanted):
             time.sleep(0.5)  # let the ztunnel finish binding after the agent's report
             return
         time.sleep(0.2)

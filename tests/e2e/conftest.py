@@ -103,7 +103,7 @@ class Cluster:
         return None
 
     def pid(self, node: str, component: str) -> int:
-        return int((self.state_dir / "nodes" / node / f"{component}.pid").read_text())
+        return int((self.state_dir / "nodes" / node / f"{component}.pid").read_text().split()[0])
 
 
 def _rfc3339(text: str) -> float:

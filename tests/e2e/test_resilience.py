@@ -60,7 +60,7 @@ def test_agent_restart_keeps_connection_and_rules(cluster: Cluster, tmp_path: Pa
         os.kill(cluster.pid("node-1", "agent"), signal.SIGKILL)
         cluster.meshctl("local", "restart", "agent", "--node", "node-1")
         poll("the restarted agent to report the client pod redirected",
-             lambda: cluster.pods()["client"].get("redirection") == "iptables")
+             lambda: cluster.pods()["client"].get("redirection") == "redirected")
         time.sleep(1)  # traffic keeps flowing on the long connection meanwhile
         result = finish(proc, tmp_path / "stop")
     assert int(str(result["requests"])) > 5
