@@ -1,17 +1,14 @@
 """``meshctl``: parse flags and environment into configs and call the library (STYLE 5).
 
 Exit codes: 0 ok, 1 failure (a :class:`~meshctl.errors.MeshctlError`, message on stderr),
-2 usage. ``meshctl demo`` dispatches to ``meshctl.demo.run(state_dir: Path, keep: bool) -> int``
-(written separately); until that module exists the command says so.
+2 usage. ``meshctl demo`` runs :func:`meshctl.demo.run`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from meshctl.errors import MeshctlError
@@ -181,14 +178,9 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    try:
-        demo = importlib.import_module("meshctl.demo")
-    except ModuleNotFoundError as exc:
-        if exc.name != "meshctl.demo":
-            raise
-        raise MeshctlError("`meshctl demo` is not available in this build yet") from exc
-    run: Callable[..., int] = demo.run
-    return run(state_dir=_state(args), keep=args.keep)
+    from meshctl import demo
+
+    return demo.run(state_dir=_state(args), keep=args.keep)
 
 
 class _Usage(Exception):

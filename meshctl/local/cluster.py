@@ -429,17 +429,32 @@ def find_pod(topo: Topology, ref: str) -> topology.Pod:
     raise PodNotFoundError(f"pod name {ref!r} is ambiguous; use <namespace>/<name> ({known})")
 
 
-def exec_in_pod(state_dir: Path, ref: str, argv: list[str]) -> int:
-    """Run ``argv`` in the pod's netns and cgroup with our stdio; returns its exit status."""
-    _require_root()
+def pod_argv(state_dir: Path, ref: str, argv: list[str]) -> list[str]:
+    """The command line that runs ``argv`` inside the pod's netns and cgroup."""
     topo, mount = load(state_dir)
     pod = find_pod(topo, ref)
-    cmd = [sys.executable, "-m", "meshctl.local.podexec", "--netns", pod.netns_path,
-           "--cgroup", pod.cgroup(mount), "--", *argv]
+    return [sys.executable, "-m", "meshctl.local.podexec", "--netns", pod.netns_path,
+            "--cgroup", pod.cgroup(mount), "--", *argv]
+
+
+def node_argv(state_dir: Path, node_name: str, argv: list[str]) -> list[str]:
+    """The command line that runs ``argv`` inside a node's netns (as its mesh processes run)."""
+    topo, _ = load(state_dir)
+    for node in topo.nodes:
+        if node.name == node_name:
+            return [sys.executable, "-m", "meshctl.local.podexec", "--netns",
+                    f"/run/netns/{node.netns}", "--", *argv]
+    raise ClusterError(f"no node {node_name!r}; nodes: {', '.join(n.name for n in topo.nodes)}")
+
+
+def exec_in_pod(state_dir: Path, ref: str, argv: list[str]) -> int:
+    """Run ``argv`` in the pod's netns and cgroup with our stdio, replacing this process."""
+    _require_root()
+    cmd = pod_argv(state_dir, ref, argv)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
         # replace meshctl with the wrapper: signals sent to `meshctl local exec` reach the command
         os.execv(sys.executable, cmd)
     except OSError as exc:
-        raise ClusterError(f"cannot run {argv[0]!r} in {pod.key}: {exc}") from exc
+        raise ClusterError(f"cannot run {argv[0]!r} in {ref}: {exc}") from exc
