@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+
+import pytest
+from cryptography import x509
+
+from meshapi.ids import SpiffeId
+from tests.unit.ztunnel.hbone.testca import TestCA
+from ztunnel.certs import CertificateStore, ControllerCertFetcher, make_csr
+from ztunnel.errors import CertError
+
+ALICE = SpiffeId.parse("spiffe://cluster.local/ns/default/sa/alice")
+
+
+async def poll(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.01)
+
+
+def test_csr_has_exactly_one_uri_san() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    csr = x509.load_pem_x509_csr(make_csr(ALICE, ec.generate_private_key(ec.SECP256R1())).encode())
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [str(ALICE)]
+    assert isinstance(csr.public_key(), ec.EllipticCurvePublicKey)
+
+
+async def test_acquire_dedups_and_refcounts() -> None:
+    ca = TestCA()
+    store = CertificateStore(ca, "cluster.local")
+    certs = await asyncio.gather(*(store.acquire(ALICE) for _ in range(5)))
+    assert ca.signed == 1
+    assert all(c is certs[0] for c in certs)
+    cert = certs[0]
+    assert cert.server_context.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert cert.server_context.verify_mode == ssl.CERT_REQUIRED
+    assert cert.client_context.verify_mode == ssl.CERT_REQUIRED
+    assert not cert.client_context.check_hostname
+    assert store.infos()[0].identity == ALICE
+    for _ in range(4):
+        store.release(ALICE)
+    assert store.get(ALICE) is cert
+    store.release(ALICE)
+    assert store.get(ALICE) is None
+
+
+async def test_acquire_failure_is_wrapped_and_not_kept() -> None:
+    ca = TestCA()
+    ca.fail_next = 1
+    store = CertificateStore(ca, "cluster.local")
+    with pytest.raises(CertError):
+        await store.acquire(ALICE)
+    assert store.get(ALICE) is None
+    assert (await store.acquire(ALICE)).identity == ALICE
+    store.release(ALICE)
+
+
+async def test_foreign_trust_domain_refused() -> None:
+    store = CertificateStore(TestCA(), "cluster.local")
+    with pytest.raises(CertError, match="trust domain"):
+        await store.acquire(SpiffeId.parse("spiffe://other/ns/a/sa/b"))
+
+
+async def test_renewal_reloads_same_contexts_and_retries() -> None:
+    ca = TestCA(ttl=2.0)
+    store = CertificateStore(ca, "cluster.local", renew_fraction=0.5)
+    cert = await store.acquire(ALICE)
+    ctx = cert.server_context
+    first = cert.info.serial
+    ca.fail_next = 1  # first renewal attempt fails: old cert stays, retried with backoff
+    task = asyncio.create_task(store.run())
+    try:
+        await poll(lambda: cert.info.serial != first, timeout=15)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert store.get(ALICE) is cert and cert.server_context is ctx
+    assert ca.signed >= 2
+    store.release(ALICE)
+
+
+async def test_controller_fetcher_errors_say_what_to_check(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    fetcher = ControllerCertFetcher("127.0.0.1:1", tmp_path / "root.pem", tmp_path / "token")
+    with pytest.raises(CertError, match="node token"):
+        await fetcher.sign("x")
+    (tmp_path / "token").write_text("t")
+    (tmp_path / "root.pem").write_text(TestCA().root_pem)
+    with pytest.raises(CertError, match="controller"):
+        await fetcher.sign("x")
