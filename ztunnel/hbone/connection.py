@@ -211,8 +211,9 @@ class HboneStream(asyncio.Transport):
             return
         self._eof_pending = True
         if not self._pending:
-            self._conn.end_stream(self)
-            self._conn.flush()
+            conn = self._conn
+            conn.end_stream(self)
+            conn.flush()
 
     def close(self) -> None:
         if self._closing or self._done:
@@ -223,7 +224,7 @@ class HboneStream(asyncio.Transport):
         conn = self._conn
         if conn is not None and not self._pending:
             conn.finish_close(self)
-            conn.flush()
+            conn.flush()  # conn is a local: finish_close drops self._conn
 
     def abort(self) -> None:
         conn = self._conn
@@ -252,7 +253,7 @@ class HboneStream(asyncio.Transport):
             return
         assert self._conn is not None
         self._conn.consumed(self, len(data))
-        self._protocol.data_received(data)  # type: ignore[attr-defined]
+        self._call(self._protocol.data_received, data)  # type: ignore[attr-defined]
 
     def remote_end(self) -> None:
         self.remote_ended = True
@@ -264,9 +265,21 @@ class HboneStream(asyncio.Transport):
             return
         self._deliver_eof()
 
+    def _call(self, fn: Any, *args: Any) -> Any:
+        """Run a protocol callback; a failing protocol aborts its stream, never the connection."""
+        try:
+            return fn(*args)
+        except Exception:
+            log.exception("HBONE stream %d: protocol callback failed; resetting the stream",
+                          self.stream_id)
+            self.abort()
+            return None
+
     def _deliver_eof(self) -> None:
         assert self._protocol is not None
-        keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+        keep_open = self._call(self._protocol.eof_received)  # type: ignore[attr-defined]
+        if self._done:
+            return
         if not keep_open:
             self.close()
         else:
@@ -280,7 +293,7 @@ class HboneStream(asyncio.Transport):
             self._conn.consumed(self, len(data))
             if self._closing:
                 continue
-            self._protocol.data_received(data)  # type: ignore[attr-defined]
+            self._call(self._protocol.data_received, data)  # type: ignore[attr-defined]
         if (
             self._rbuf_eof
             and not self._rbuf
@@ -366,6 +379,7 @@ class HboneConnection(asyncio.Protocol):
         self._out_bio: ssl.MemoryBIO | None = None
         self._loop_tls = False
         self._handshaken = False
+        self._seen_bytes = False
         self._handshake_timer: asyncio.TimerHandle | None = None
         self.peername: tuple[str, int] | None = None
         self.sockname: tuple[str, int] | None = None
@@ -530,8 +544,9 @@ class HboneConnection(asyncio.Protocol):
             self.flush()
             return
         assert self._in_bio is not None and self._sslobj is not None
-        if not self._handshaken and self.server_side and not self._in_bio.pending:
-            if data and data[0] != 0x16:  # not a TLS handshake record
+        if not self._seen_bytes and data:
+            self._seen_bytes = True
+            if self.server_side and data[0] != 0x16:  # not a TLS handshake record
                 self.on_refused("not_tls", None)
                 self.abort()
                 return
