@@ -34,7 +34,7 @@ async def _pair() -> tuple[socket.socket, socket.socket, Splice, asyncio.Future[
 
 async def test_bytes_both_ways_half_close_and_counters() -> None:
     loop = asyncio.get_running_loop()
-    client, server, splice, done = await _pair()
+    client, server, _splice, done = await _pair()
     payload = bytes(range(256)) * 4096  # 1 MiB: exercises backpressure
     send = loop.create_task(loop.sock_sendall(client, payload))
     async with asyncio.timeout(10):
@@ -79,14 +79,19 @@ async def test_close_from_one_side_closes_the_other_and_breaks_cycles() -> None:
 
 async def test_abort_before_upstream_attached_finishes() -> None:
     loop = asyncio.get_running_loop()
+    finished = asyncio.Event()
     results: list[SpliceResult] = []
-    splice = Splice(results.append)
+
+    def on_done(result: SpliceResult) -> None:
+        results.append(result)
+        finished.set()
+
+    splice = Splice(on_done)
     client, down = socket.socketpair()
     transport, _ = await loop.connect_accepted_socket(lambda: splice.downstream, down)
     splice.abort("upstream failed")
     async with asyncio.timeout(5):
-        while not results:
-            await asyncio.sleep(0)
+        await finished.wait()
     assert results[0].error == "upstream failed"
     assert transport.is_closing()
     client.close()
