@@ -569,7 +569,8 @@ class HboneConnection(asyncio.Protocol):
                 self.on_protocol_error("tls")
                 self.abort(exc)
                 return
-            if not chunk:
+            if not chunk:  # close_notify (the ssl module returns b"" instead of raising)
+                self.eof_received()
                 break
             self._h2_bytes(chunk)
         self._flush_tls()
