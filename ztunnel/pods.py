@@ -173,8 +173,9 @@ class PodManager:
             servers.append(await loop.create_server(
                 lambda: self._handlers.plaintext(runtime), sock=plain_sock))
             hbone = self._handlers.hbone_server(runtime, context)
-            servers.append(await loop.create_server(hbone.protocol_factory, sock=hbone_sock,
-                                                    ssl=context))
+            # no ssl= here: the HBONE server does TLS itself so that it can count every
+            # refused handshake (ztunnel/hbone/server.py)
+            servers.append(await loop.create_server(hbone.protocol_factory, sock=hbone_sock))
         except BaseException:
             for server in servers:
                 server.close()

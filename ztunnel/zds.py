@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from meshapi.errors import WireError
 from meshapi.model import Workload
 from ztunnel.errors import PodError, ZtunnelError
 from ztunnel.metrics import Metrics
+from ztunnel.netns import CLONE_NEWNET
 
 log = logging.getLogger("ztunnel.zds")
 
@@ -132,11 +134,19 @@ def _seq_of(data: bytes) -> int:
     return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else 0
 
 
+NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: the namespace type (linux/nsfs.h)
+
+
 def _is_netns(fd: int) -> bool:
     try:
-        return os.readlink(f"/proc/self/fd/{fd}").startswith("net:")
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
     except OSError:
         return False
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 
 async def recv_packet(sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -149,7 +159,7 @@ async def recv_packet(sock: socket.socket) -> tuple[bytes, list[int]]:
             )
         except BlockingIOError:
             ready = loop.create_future()
-            loop.add_reader(sock.fileno(), ready.set_result, None)
+            loop.add_reader(sock.fileno(), _wake, ready)
             try:
                 await ready
             finally:
