@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 _TMPFS_DIRS = ("/dev/shm", "/run")  # noqa: S108 - private 0600 files via mkstemp
 _RETRY_BASE = 1.0
 _RETRY_CAP = 60.0
+_MIN_RENEW_INTERVAL = 0.5
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,9 @@ class CertificateStore:
         self._changed = asyncio.Event()
 
     def _renew_time(self, info: CertInfo) -> datetime:
-        return info.not_before + (info.not_after - info.not_before) * self._fraction
+        at = info.not_before + (info.not_after - info.not_before) * self._fraction
+        # never a hot loop, even for certificates whose renewal time is already past
+        return max(at, datetime.now(UTC) + _seconds(_MIN_RENEW_INTERVAL))
 
     async def acquire(self, identity: SpiffeId) -> WorkloadCert:
         """The identity's certificate, fetched once however many callers wait; refcount +1."""
@@ -341,6 +344,7 @@ class CertificateStore:
                     if self._entries.get(ident) is entry:
                         await self._renew(ident, entry)
             if due:
+                await asyncio.sleep(0)
                 continue
             times = [e.renew_at for e in self._entries.values() if e.renew_at is not None]
             timeout = (min(times) - now).total_seconds() if times else None

@@ -39,7 +39,7 @@ import collections
 import logging
 import ssl
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -456,7 +456,8 @@ class HboneConnection(asyncio.Protocol):
     # --- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses, only duck-typed ones
+        transport = cast(asyncio.Transport, transport)
         if self.closed:
             transport.abort()
             return

@@ -15,7 +15,7 @@ from ztunnel.errors import CertError
 ALICE = SpiffeId.parse("spiffe://cluster.local/ns/default/sa/alice")
 
 
-async def poll(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+async def poll(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]  # noqa: ASYNC109
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:

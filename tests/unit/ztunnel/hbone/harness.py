@@ -25,7 +25,11 @@ CLIENT = SpiffeId.parse("spiffe://cluster.local/ns/default/sa/client")
 SERVER = SpiffeId.parse("spiffe://cluster.local/ns/default/sa/server")
 
 
-async def poll(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+async def poll(
+    cond: Callable[[], object],
+    timeout: float = 10.0,  # noqa: ASYNC109 - a polling deadline
+    what: str = "condition",
+) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:

@@ -10,7 +10,7 @@ from tests.unit.ztunnel.hbone.testca import TestCA
 
 
 async def _server_serial(h: Harness) -> int:
-    reader, writer = await asyncio.open_connection(*h.addr, ssl=h.ca.client_context(CLIENT))
+    _reader, writer = await asyncio.open_connection(*h.addr, ssl=h.ca.client_context(CLIENT))
     try:
         der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         return x509.load_der_x509_certificate(der).serial_number

@@ -117,3 +117,26 @@ async def test_connection_loss_fails_all_streams(ca: TestCA) -> None:
         t, p = await h.open()  # a new connection works
         assert h.connects == 2
         t.abort()
+
+
+async def test_server_behind_loop_tls(ca: TestCA) -> None:
+    """create_server(..., ssl=context) works too (the loop does the handshake)."""
+    async with Harness(ca) as h:
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_server(
+            h.server.protocol_factory, "127.0.0.1", 0, ssl=h.server_cert.server_context
+        )
+        try:
+            h.addr = srv.sockets[0].getsockname()[:2]
+            t, p = await h.open()
+            assert t.get_extra_info("peer_identity") == SERVER
+            t.write(b"via loop tls")
+            t.write_eof()
+            await poll(lambda: p.eof, what="echo via loop TLS")
+            assert bytes(p.data) == b"via loop tls"
+            assert h.requests[0].peer_identity == CLIENT
+        finally:
+            await h.pool.close()
+            await h.server.close()
+            srv.close()
+            await srv.wait_closed()
