@@ -24,7 +24,7 @@ from ztunnel.netns import NetnsExecutor, connect_marked, set_rst_on_close
 from ztunnel.routing import Passthrough, Refuse, RoundRobin, ViaHbone, decide
 from ztunnel.runtime import PodRuntime
 from ztunnel.seams import MeshView, StreamPool
-from ztunnel.splice import Splice, SpliceResult
+from ztunnel.splice import Splice, SpliceResult, SpliceSide
 
 log = logging.getLogger("ztunnel.outbound")
 
@@ -159,8 +159,15 @@ class OutboundProxy:
             self._connlog.closed(record, result="downstream_closed")
             return
         pod.track(splice)
+        accepted = transport.get_protocol()
+        if isinstance(accepted, _Accepted) and not accepted.hand_over(splice.downstream):
+            splice.abort("client sent too much before the upstream connected")
+            self._connlog.closed(record, result="early_data_overflow")
+            return
         transport.set_protocol(splice.downstream)
         splice.downstream.attach(transport, paused=True)
+        if isinstance(accepted, _Accepted) and accepted.eof:
+            splice.downstream.eof_received()
 
     async def _open_plain(self, pod: PodRuntime, decision: Passthrough, splice: Splice) -> None:
         sock = await connect_marked(
@@ -223,10 +230,33 @@ class _Accepted(asyncio.Protocol):
         self._proxy: OutboundProxy | None = proxy
         self._pod: PodRuntime | None = pod
         self._task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        # uvloop starts reading an accepted socket after connection_made even if it was paused
+        # there: whatever arrives before the upstream exists is kept, never dropped
+        self._early: list[bytes] = []
+        self._early_bytes = 0
+        self.eof = False
+
+    def data_received(self, data: bytes) -> None:
+        self._early.append(data)
+        self._early_bytes += len(data)
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True  # half-close: the answer may still come
+
+    def hand_over(self, side: SpliceSide) -> bool:
+        """Move the bytes read so far to the splice side taking over this transport."""
+        ok = all(side.hold(chunk) for chunk in self._early)
+        self._early, self._early_bytes = [], 0
+        return ok
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         t = cast(asyncio.Transport, transport)
         t.pause_reading()
+        self._transport = t
         proxy, pod = self._proxy, self._pod
         assert proxy is not None and pod is not None
         if pod.closing:
@@ -237,3 +267,4 @@ class _Accepted(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._proxy = self._pod = None
         self._task = None
+        self._transport = None

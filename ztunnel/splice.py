@@ -8,7 +8,10 @@ Invariants:
 * Backpressure: when a side's transport asks to ``pause_writing``, the *other* side's transport
   stops reading until ``resume_writing``. Buffers are thus bounded by the transports' high-water
   marks.
-* A side that is attached before its peer pauses its own reading until the peer attaches.
+* A side that is attached before its peer pauses its own reading until the peer attaches. Bytes
+  that still arrive meanwhile (uvloop starts reading accepted sockets after ``connection_made``
+  even when the protocol paused them there) are held, up to :data:`MAX_EARLY_BYTES`, and written
+  first when the peer attaches: nothing is ever dropped.
 * Half-close: EOF from one side becomes ``write_eof`` on the other; both transports are closed
   once both directions have ended (or either is lost).
 * On ``connection_lost`` each side drops its references to the peer, the transport and the
@@ -22,7 +25,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Final, cast
+
+#: bytes a side may hold while its peer is not attached yet; beyond that the splice is aborted
+MAX_EARLY_BYTES: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +50,9 @@ class SpliceSide(asyncio.Protocol):
         self.bytes_in = 0
         self.eof = False
         self.lost = False
+        #: bytes read before the peer attached, written to the peer when it does
+        self.early: list[bytes] = []
+        self.early_bytes = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -61,14 +70,40 @@ class SpliceSide(asyncio.Protocol):
         if peer is None or peer.transport is None:
             self.pause_reading()
         else:
+            self._flush_early()
             peer.resume_reading()
             self.resume_reading()
+
+    def hold(self, data: bytes) -> bool:
+        """Keep bytes read before the splice took over (False: over the bound, abort)."""
+        self.early.append(data)
+        self.early_bytes += len(data)
+        return self.early_bytes <= MAX_EARLY_BYTES
+
+    def _flush_early(self) -> None:
+        """Both sides are attached: write what each held to the other, oldest first."""
+        peer = self.peer
+        assert peer is not None and peer.transport is not None and self.transport is not None
+        for src, dst in ((self, peer.transport), (peer, self.transport)):
+            if src.early:
+                held, src.early, src.early_bytes = src.early, [], 0
+                dst.writelines(held)
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
-            peer.transport.write(data)
+        if peer is not None and peer.transport is not None:
+            if not peer.transport.is_closing():
+                peer.transport.write(data)
+            return
+        # the peer is not attached yet: hold the bytes and (again) stop reading
+        if not self.hold(data):
+            if self.splice is not None:
+                self.splice.abort(f"{self.name}: more than {MAX_EARLY_BYTES} bytes before the "
+                                  "other side connected")
+            return
+        self.reading_paused = False
+        self.pause_reading()
 
     def eof_received(self) -> bool:
         self.eof = True
