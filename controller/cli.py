@@ -88,8 +88,8 @@ def parse_config(
         ttl = int(ns.workload_cert_ttl)
     except ValueError:
         parser.error(f"--workload-cert-ttl {ns.workload_cert_ttl!r} is not a number of seconds")
-    if ttl < 60:
-        parser.error("--workload-cert-ttl must be at least 60 seconds")
+    if ttl < 10:
+        parser.error("--workload-cert-ttl must be at least 10 seconds (renewal happens at half-life)")
     try:
         SpiffeId(ns.trust_domain, "default", "default")
     except IdentityError as exc:

@@ -94,6 +94,14 @@ class Cluster:
         return self.exec(pod, "curl", "-sS", "--max-time", str(timeout), *extra, url,
                          check=check, timeout=timeout + 30)
 
+    def get_json(self, pod: str, url: str, timeout: float = 3) -> Any:
+        """The JSON answer of ``url`` from inside ``pod``, or None if the request failed
+        (for use inside :func:`poll`)."""
+        proc = self.curl(pod, url, timeout=timeout, check=False)
+        if proc.returncode != 0:
+            return None
+        return json.loads(proc.stdout)
+
     def inbound_record(self, node: str, src_ip: str, after: float) -> dict[str, Any] | None:
         """Newest inbound connection record on ``node`` from ``src_ip`` started after ``after``."""
         for rec in self.admin(node, "/connections?limit=200"):

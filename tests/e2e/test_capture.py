@@ -38,7 +38,7 @@ def test_wire_shows_tls13_to_15008_and_no_plaintext(cluster: Cluster, tmp_path: 
         poll("capture to contain packets", lambda: capture.stat().st_size > 24)
     finally:
         dump.send_signal(signal.SIGINT)
-        dump.wait(10)
+        dump.communicate(timeout=10)
     segments = pcap.read(capture)
     payload = [s for s in segments if s.payload]
     assert payload, "no TCP payload captured"

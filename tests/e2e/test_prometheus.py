@@ -34,15 +34,16 @@ def prometheus(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
         "  - job_name: nodemesh-controller\n"
         "    static_configs: [{targets: ['10.77.0.1:15014']}]\n"
     )
-    proc = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    with (tmp_path / "prometheus.log").open("w") as log:
+        proc = subprocess.Popen(
+            ["prometheus", f"--config.file={config}",
+             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(20)
 
 
 def query(base: str, promql: str) -> list[dict[str, object]]:
@@ -61,7 +62,8 @@ def test_prometheus_scrapes_nodes_and_sees_mesh_traffic(cluster: Cluster,
     series = poll(
         "destination-side connection counts from the client",
         lambda: query(prometheus, 'istio_tcp_connections_opened_total{reporter="destination",'
-                      'source_principal="spiffe://cluster.local/ns/default/sa/client"}'),
+                      'source_principal="spiffe://cluster.local/ns/default/sa/client",'
+                      'destination_workload="server",instance="10.77.0.12:15020"}'),
         timeout=30)
     labels = series[0]["metric"]
     assert isinstance(labels, dict)

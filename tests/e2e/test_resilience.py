@@ -82,15 +82,15 @@ def test_controller_outage_keeps_traffic_and_nodes_catch_up(cluster: Cluster,
     finally:
         cluster.meshctl("local", "restart", "controller")
     reply = poll("nodes to learn the service added during the outage",
-                 lambda: json.loads(cluster.curl("client", "http://10.96.0.20/", timeout=2).stdout))
+                 lambda: cluster.get_json("client", "http://10.96.0.20/", timeout=2), timeout=30)
     assert reply["pod"] in ("server-1", "server-2")
 
 
 def test_certificate_renewal_under_live_connection(cluster: Cluster, tmp_path: Path) -> None:
-    def client_serial() -> int | None:
+    def client_serial() -> str | None:
         for cert in cluster.admin("node-1", "/config_dump")["certificates"]:
             if cert["identity"].endswith("/ns/default/sa/client"):
-                return int(cert["serial"])
+                return str(cert["serial"])
         return None
 
     first = poll("the client's certificate", client_serial)

@@ -30,7 +30,7 @@ def test_tls_client_without_mesh_cert_cannot_use_hbone(cluster: Cluster, cert: s
     assert result["error"], result
     # the refusal is counted on the destination node
     metrics = cluster.node_get("node-2", "http://10.77.0.12:15020/metrics")
-    assert "nodemesh_hbone_refused_total" in metrics
+    assert "nodemesh_ztunnel_hbone_refusals_total{" in metrics, metrics
 
 
 def csr_for(identity: str) -> str:
@@ -56,7 +56,8 @@ def post_csr(cluster: Cluster, node: str, identity: str) -> tuple[int, dict[str,
         with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+        with exc:
+            return exc.code, json.loads(exc.read() or b"{}")
 
 
 def test_node_cannot_get_certificate_for_service_account_only_on_other_node(
@@ -80,4 +81,5 @@ def test_bad_node_token_is_refused(cluster: Cluster, tmp_path: Path) -> None:
         headers={"Authorization": "Bearer not-a-token"})
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, context=ctx, timeout=10)
-    assert info.value.code == 401
+    with info.value:
+        assert info.value.code == 401

@@ -54,7 +54,7 @@ def main() -> int:
         while time.monotonic() < deadline:
             if args.stop_file and os.path.exists(args.stop_file):
                 break
-            sock.sendall(f"GET /long HTTP/1.1\r\nHost: {args.host}\r\n\r\n".encode())
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: {args.host}\r\n\r\n".encode())
             read_response(sock, buf)
             count += 1
             if count == 1:
