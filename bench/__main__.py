@@ -60,7 +60,8 @@ def set_enrollment(enabled: bool) -> None:
     """Enroll or unenroll namespace ``default`` and wait until the node agents agree."""
     labels = "{nodemesh.io/dataplane-mode: enabled}" if enabled else "{}"
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n  labels: {labels}\n")
+        f.write("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n"
+                f"  labels: {labels}\n")
     try:
         meshctl("apply", "-f", f.name)
     finally:
@@ -107,7 +108,8 @@ def _dur_us(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, connections: int, seconds: int, close: bool = False) -> tuple[float, float, float]:
+def wrk(url: str, connections: int, seconds: int,
+        close: bool = False) -> tuple[float, float, float]:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     if close:
         argv[1:1] = ["-H", "Connection: close"]

@@ -89,7 +89,7 @@ def parse_config(
     except ValueError:
         parser.error(f"--workload-cert-ttl {ns.workload_cert_ttl!r} is not a number of seconds")
     if ttl < 10:
-        parser.error("--workload-cert-ttl must be at least 10 seconds (renewal happens at half-life)")
+        parser.error("--workload-cert-ttl must be at least 10 seconds")
     try:
         SpiffeId(ns.trust_domain, "default", "default")
     except IdentityError as exc:

@@ -40,8 +40,9 @@ def test_service_vip_reaches_both_replicas(cluster: Cluster) -> None:
         started = time.time()
         reply = json.loads(cluster.curl("client", f"http://{VIP}/").stdout)
         seen.add(reply["pod"])
+        node = NODE_OF[reply["pod"]]
         rec = poll("inbound record for the VIP request",
-                   lambda r=reply: cluster.inbound_record(NODE_OF[r["pod"]], client_ip, started))
+                   lambda n=node, t=started: cluster.inbound_record(n, client_ip, t))
         assert rec["srcIdentity"] == CLIENT_ID
         if seen == {"server-1", "server-2"}:
             break
