@@ -14,6 +14,7 @@ from typing import Final
 
 import yaml
 
+from controller import translate
 from meshapi.ids import is_dns_label, is_dns_subdomain
 from meshctl import configdir
 from meshctl.errors import ManifestError
@@ -91,6 +92,12 @@ def _doc(source: str, index: int, doc: object) -> Manifest:
             raise fail(f"metadata.{key}", "must be a mapping of strings to strings")
     if "spec" in doc and not isinstance(doc["spec"], dict):
         raise fail("spec", "must be a mapping")
+    if api_version == "v1":
+        # the controller's own validation, so `apply` refuses what the controller would reject
+        try:
+            translate.parse_object(translate.SourceObject(source, index, doc))
+        except translate.ObjectError as exc:
+            raise fail(exc.issue.field, exc.issue.message) from None
     return Manifest(source, index, kind, namespace, name, doc)
 
 

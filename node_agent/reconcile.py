@@ -194,7 +194,8 @@ class Agent:
         self.source = source
         self._connect = connect
         self._on_status = on_status
-        self._backoff = backoff or Backoff()
+        # a local socket: retry fast so a restarted ztunnel gets its pods back within a second
+        self._backoff = backoff or Backoff(cap=1.0)
         self._wake = asyncio.Event()
         self.rules: dict[str, Plan] = {}
         self.added: dict[str, Workload] = {}

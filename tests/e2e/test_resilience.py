@@ -15,6 +15,7 @@ from pathlib import Path
 from tests.e2e.conftest import CERT_TTL, Cluster, poll
 
 LONGCONN = str(Path(__file__).parent / "tools" / "longconn.py")
+GOLDEN = Path(__file__).parent.parent / "golden" / "iptables"
 
 
 @contextmanager
@@ -64,7 +65,12 @@ def test_agent_restart_keeps_connection_and_rules(cluster: Cluster, tmp_path: Pa
         time.sleep(1)  # traffic keeps flowing on the long connection meanwhile
         result = finish(proc, tmp_path / "stop")
     assert int(str(result["requests"])) > 5
-    assert nat_rules("nm-pod-default-client") == before, "rules changed or duplicated"
+    after = nat_rules("nm-pod-default-client")
+    assert after == before, "rules changed or duplicated"
+    # and they are exactly the golden rule set of a pod with a host probe exemption
+    golden = (GOLDEN / "pod-host-probe.golden").read_text()
+    assert [ln for ln in after.splitlines() if "NODEMESH" in ln] == [
+        ln for ln in golden.splitlines() if ln.startswith("-A")]
 
 
 def test_controller_outage_keeps_traffic_and_nodes_catch_up(cluster: Cluster,
@@ -101,3 +107,14 @@ def test_certificate_renewal_under_live_connection(cluster: Cluster, tmp_path: P
         finish(proc, tmp_path / "stop")
     # new connections use the renewed certificate too
     json.loads(cluster.curl("client", f"http://{cluster.ip('server-1')}:8080/").stdout)
+
+
+def test_ztunnel_restart_new_connections_work_within_a_second(cluster: Cluster) -> None:
+    cluster.meshctl("local", "restart", "ztunnel", "--node", "node-2")
+    # `restart` returns once the ztunnel reports ready; the agent then hands it its pods again
+    started = time.monotonic()
+    reply = poll("a request to the restarted node",
+                 lambda: cluster.get_json("client", f"http://{cluster.ip('server-1')}:8080/",
+                                          timeout=2), timeout=10, interval=0.05)
+    assert reply["pod"] == "server-1"
+    print(f"first successful request {time.monotonic() - started:.2f}s after ready")

@@ -113,3 +113,12 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit) as info:
         main(["apply", "--state-dir", state])
     assert info.value.code == 2
+
+
+def test_core_objects_get_the_controllers_validation() -> None:
+    text = ("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n"
+            "spec:\n  ports: [{name: http, port: eighty, targetPort: 8080}]\n")
+    with pytest.raises(ManifestError) as info:
+        manifests.parse(text, "svc.yaml")
+    assert "spec.ports[0].port" in str(info.value)
+    assert "svc.yaml" in str(info.value)
