@@ -19,7 +19,7 @@ import json
 import signal
 import socket
 import sys
-from typing import Final
+from typing import Final, cast
 
 MAX_BODY: Final = 16 * 1024 * 1024
 MAX_HEAD: Final = 64 * 1024
@@ -43,8 +43,8 @@ class HttpApp(asyncio.Protocol):
         self.peer = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
