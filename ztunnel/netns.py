@@ -13,6 +13,10 @@ Invariants:
   (the app treats it as fatal) rather than open sockets in the wrong pod.
 * Sockets created in a namespace keep it: they are created in the worker thread and handed back
   to the loop, which connects/accepts on them (``loop.sock_connect``, ``loop.create_server``).
+* Outgoing marked sockets come from a per-namespace reserve made in batches by one worker call,
+  so a new connection costs no thread hop; the reserve of a namespace is closed with
+  :meth:`NetnsExecutor.forget` when its pod goes away, and never exceeds
+  :data:`RESERVE_BATCH` sockets per namespace.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
 LISTEN_BACKLOG = 1024
+#: marked sockets made per worker call for a namespace's reserve; refill below RESERVE_LOW
+RESERVE_BATCH = 32
+RESERVE_LOW = 8
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
@@ -67,6 +74,54 @@ class NetnsExecutor:
     def __init__(self, max_workers: int = 4) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="netns")
         self._broken: str | None = None
+        # netns fd -> unconnected marked sockets made in that namespace, ready to connect
+        self._reserve: dict[int, list[socket.socket]] = {}
+        self._refilling: dict[int, asyncio.Future[list[socket.socket]]] = {}
+
+    async def marked_socket(self, netns_fd: int) -> socket.socket:
+        """An unconnected marked socket in ``netns_fd``: from the reserve when it has one (no
+        thread hop), else made now; the reserve is refilled in the background."""
+        reserve = self._reserve.setdefault(netns_fd, [])
+        if len(reserve) < RESERVE_LOW and netns_fd not in self._refilling:
+            self._refill(netns_fd)
+        if reserve:
+            return reserve.pop()
+        refill = self._refilling.get(netns_fd)
+        if refill is not None:
+            await asyncio.wait([refill])  # its callback moves the batch into the reserve
+            await asyncio.sleep(0)
+        again = self._reserve.get(netns_fd)
+        if again:
+            return again.pop()
+        return await self.run(netns_fd, marked_socket)  # forgotten meanwhile, or empty batch
+
+    def _refill(self, netns_fd: int) -> None:
+        if self._broken is not None:
+            return
+        # a plain executor future (not a task): it cannot be left running by a cancelled caller
+        fut: asyncio.Future[list[socket.socket]] = asyncio.get_running_loop().run_in_executor(
+            self._pool, self._enter_and_run, netns_fd, lambda: marked_sockets(RESERVE_BATCH)
+        )
+        self._refilling[netns_fd] = fut
+
+        def done(f: asyncio.Future[list[socket.socket]]) -> None:
+            if self._refilling.get(netns_fd) is f:
+                del self._refilling[netns_fd]
+            socks = _result(f)
+            reserve = self._reserve.get(netns_fd)
+            room = 0 if reserve is None else max(0, RESERVE_BATCH - len(reserve))
+            if reserve is not None:
+                reserve.extend(socks[:room])
+            for sock in socks[room:]:  # the pod went away meanwhile, or the reserve is full
+                sock.close()
+
+        fut.add_done_callback(done)
+
+    def forget(self, netns_fd: int) -> None:
+        """The namespace's pod is gone: close its reserve (before its fd is closed). A refill
+        still running closes what it makes (its callback finds no reserve)."""
+        for sock in self._reserve.pop(netns_fd, []):
+            sock.close()
 
     async def run(self, netns_fd: int, fn: Callable[[], T]) -> T:
         if self._broken is not None:
@@ -96,6 +151,8 @@ class NetnsExecutor:
         return self._broken
 
     def close(self) -> None:
+        for fd in list(self._reserve):
+            self.forget(fd)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -145,6 +202,25 @@ def marked_socket() -> socket.socket:
     return sock
 
 
+def _result(f: asyncio.Future[list[socket.socket]]) -> list[socket.socket]:
+    if f.cancelled() or f.exception() is not None:
+        return []
+    return f.result()
+
+
+def marked_sockets(count: int) -> list[socket.socket]:
+    """``count`` marked sockets (all or none) in the calling thread's namespace."""
+    out: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            out.append(marked_socket())
+    except BaseException:
+        for sock in out:
+            sock.close()
+        raise
+    return out
+
+
 async def connect_marked(
     executor: NetnsExecutor, netns_fd: int, addr: tuple[str, int], connect_timeout: float
 ) -> socket.socket:
@@ -152,7 +228,7 @@ async def connect_marked(
 
     Raises ``OSError`` (e.g. ``ConnectionRefusedError``) or ``TimeoutError`` from the connect.
     """
-    sock = await executor.run(netns_fd, marked_socket)
+    sock = await executor.marked_socket(netns_fd)
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(connect_timeout):

@@ -198,6 +198,7 @@ class PodManager:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await server.wait_closed()
+        self._executor.forget(pod.runtime.netns_fd)
         os.close(pod.runtime.netns_fd)
         self._certs.release(pod.workload.identity)
 

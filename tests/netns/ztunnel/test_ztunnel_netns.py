@@ -204,3 +204,39 @@ async def test_hbone_end_to_end_between_two_pods(
                          direction="inbound", reason="plaintext_strict") == 1
     finally:
         app.close()
+
+
+SO_NETNS_COOKIE = 71  # Linux >= 5.14: identifies the network namespace a socket lives in
+
+
+def own_cookie() -> int:
+    with socket.socket() as s:
+        return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+
+async def test_marked_socket_reserve_is_in_the_pod_netns_and_closed_on_forget(
+    netns_factory: NetnsFactory,
+) -> None:
+    from ztunnel.netns import RESERVE_BATCH, NetnsExecutor, netns_inode
+
+    ns = netns_factory("reserve")
+    fd = netns_fd(ns)
+    executor = NetnsExecutor()
+    try:
+        first = await executor.marked_socket(fd)
+        second = await executor.marked_socket(fd)  # from the reserve
+        for sock in (first, second):
+            with sock:
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x539
+                # the socket lives in the pod's namespace, not ours
+                cookie = sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+                assert int.from_bytes(cookie, "little") != own_cookie()
+        reserve = executor._reserve[fd]
+        assert 0 < len(reserve) <= RESERVE_BATCH
+        kept = list(reserve)
+        executor.forget(fd)
+        assert all(s.fileno() == -1 for s in kept)
+        assert netns_inode(fd) > 0
+    finally:
+        executor.close()
+        os.close(fd)
