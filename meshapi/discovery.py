@@ -22,7 +22,8 @@ client side of that contract.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -123,6 +124,30 @@ def decode(value: object) -> Message:
     raise WireError("type", f"unknown message type {kind!r}")
 
 
+class LineSplitter:
+    """The stream's framing, sans I/O: bytes in, complete non-blank lines out. A line longer
+    than ``limit`` bytes raises :class:`WireError` (the caller drops the stream)."""
+
+    def __init__(self, limit: int = MAX_LINE_BYTES) -> None:
+        self._limit = limit
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        self._buf += data
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                if len(self._buf) > self._limit:
+                    raise WireError("", f"discovery line exceeds {self._limit} bytes")
+                return
+            if nl > self._limit:
+                raise WireError("", f"discovery line of {nl} bytes exceeds {self._limit}")
+            line = bytes(self._buf[:nl])
+            del self._buf[: nl + 1]
+            if line.strip():
+                yield line
+
+
 def _workloads(value: object, path: str) -> tuple[Workload, ...]:
     items = wire.as_list(value, path)
     return tuple(Workload.from_wire(w, wire.join(path, i)) for i, w in enumerate(items))
@@ -168,6 +193,21 @@ class DiscoveryState:
         if not self.synced:
             return {}
         return {"epoch": self.epoch, "version": str(self.version)}
+
+    def apply_line(self, line: bytes) -> tuple[Message, Change]:
+        """Decode one ndjson line and apply it. Raises :class:`WireError` for a malformed line,
+        and for a delta that does not follow our version, after forgetting the resume point so
+        the next connection asks for a fresh snapshot."""
+        try:
+            raw = json.loads(line)
+        except ValueError as exc:
+            raise WireError("", f"not JSON: {exc}") from exc
+        message = decode(raw)
+        try:
+            return message, self.apply(message)
+        except WireError:
+            self.synced = False
+            raise
 
     def apply(self, message: Message) -> Change:
         """Apply one message. Raises WireError for a delta that does not follow our version;

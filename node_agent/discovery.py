@@ -9,7 +9,6 @@ after ``STREAM_IDLE_TIMEOUT_SECONDS`` without a line; reconnects back off with j
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -18,31 +17,15 @@ from pathlib import Path
 import aiohttp
 
 from meshapi import discovery
+from meshapi.backoff import Backoff
+from meshapi.discovery import LineSplitter
 from meshapi.errors import WireError
 from meshapi.model import Workload
-from node_agent.backoff import Backoff
 from node_agent.errors import DiscoveryError
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_CHUNK = 64 * 1024
-
-
-async def split_lines(
-    read: Callable[[], AsyncIterator[bytes]], max_line: int
-) -> AsyncIterator[bytes]:
-    """Lines (without ``\\n``) of a chunk stream, refusing any longer than ``max_line``."""
-    buf = bytearray()
-    async for chunk in read():
-        buf += chunk
-        while (nl := buf.find(b"\n")) >= 0:
-            line = bytes(buf[:nl])
-            del buf[: nl + 1]
-            if len(line) > max_line:
-                raise DiscoveryError(f"discovery line of {len(line)} bytes exceeds {max_line}")
-            yield line
-        if len(buf) > max_line:
-            raise DiscoveryError(f"discovery line longer than {max_line} bytes")
 
 
 class DiscoveryClient:
@@ -131,21 +114,20 @@ class DiscoveryClient:
                         return
                     yield chunk
 
-            async for line in split_lines(chunks, self._max_line):
-                if line.strip():
+            splitter = LineSplitter(self._max_line)
+            async for chunk in chunks():
+                try:
+                    lines = list(splitter.feed(chunk))
+                except WireError as exc:
+                    raise DiscoveryError(str(exc)) from exc
+                for line in lines:
                     self.handle_line(line)
 
     def handle_line(self, line: bytes) -> None:
         try:
-            message = discovery.decode(json.loads(line))
-        except (ValueError, WireError) as exc:
-            raise DiscoveryError(f"malformed discovery message: {exc}") from exc
-        try:
-            change = self.state.apply(message)
+            _, change = self.state.apply_line(line)
         except WireError as exc:
-            # resume point is wrong: the next connection asks for a snapshot
-            self.state.synced = False
-            raise DiscoveryError(str(exc)) from exc
+            raise DiscoveryError(f"malformed or out-of-order discovery message: {exc}") from exc
         self._backoff.reset()
         if self.state.synced:
             self._synced.set()

@@ -27,8 +27,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from meshapi.backoff import Backoff
 from meshapi.model import Workload
-from node_agent.backoff import Backoff
 from node_agent.errors import AgentError, NetnsError, ZdsError
 from node_agent.redirect import Redirector
 from node_agent.redirect.plan import EMPTY, Plan, Settings, plan_for_pod
@@ -195,7 +195,7 @@ class Agent:
         self._connect = connect
         self._on_status = on_status
         # a local socket: retry fast so a restarted ztunnel gets its pods back within a second
-        self._backoff = backoff or Backoff(cap=1.0)
+        self._backoff = backoff or Backoff(base=0.05, cap=1.0)
         self._wake = asyncio.Event()
         self.rules: dict[str, Plan] = {}
         self.added: dict[str, Workload] = {}

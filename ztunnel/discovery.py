@@ -17,16 +17,15 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import random
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 
 from meshapi import discovery
+from meshapi.backoff import Backoff
+from meshapi.discovery import LineSplitter
 from meshapi.errors import WireError
 from ztunnel.errors import DiscoveryError
 from ztunnel.metrics import Metrics
@@ -35,49 +34,6 @@ from ztunnel.seams import MeshView
 log = logging.getLogger("ztunnel.discovery")
 
 READ_CHUNK = 256 * 1024
-
-
-class LineSplitter:
-    """Bytes in, complete lines out; refuses lines over ``limit`` bytes (sans I/O)."""
-
-    def __init__(self, limit: int = discovery.MAX_LINE_BYTES) -> None:
-        self._limit = limit
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        self._buf += data
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl < 0:
-                if len(self._buf) > self._limit:
-                    raise DiscoveryError(
-                        f"discovery line exceeds {self._limit} bytes without a newline"
-                    )
-                return
-            if nl > self._limit:
-                raise DiscoveryError(f"discovery line of {nl} bytes exceeds {self._limit}")
-            line = bytes(self._buf[:nl])
-            del self._buf[: nl + 1]
-            if line.strip():
-                yield line
-
-
-class Backoff:
-    """Exponential backoff with full jitter."""
-
-    def __init__(self, base: float = 0.2, cap: float = 30.0, rng: random.Random | None = None):
-        self._base = base
-        self._cap = cap
-        self._attempt = 0
-        self._rng = rng or random.Random()  # noqa: S311 (jitter, not crypto)
-
-    def next(self) -> float:
-        delay = min(self._cap, self._base * (2**self._attempt))
-        self._attempt = min(self._attempt + 1, 30)
-        return self._rng.uniform(0, delay)
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 class DiscoveryClient:
@@ -165,23 +121,21 @@ class DiscoveryClient:
                         chunk = await resp.content.readany()
                     if not chunk:
                         return got_data
-                    for line in splitter.feed(chunk):
+                    try:
+                        lines = list(splitter.feed(chunk))
+                    except WireError as exc:
+                        raise DiscoveryError(str(exc)) from exc
+                    for line in lines:
                         self.apply_line(line)
                         got_data = True
 
     def apply_line(self, line: bytes) -> None:
-        try:
-            message = discovery.decode(json.loads(line))
-        except (ValueError, WireError) as exc:
-            self._metrics.discovery_messages.labels("invalid").inc()
-            raise DiscoveryError(f"invalid discovery message: {exc}") from exc
         state = self._view.state
         try:
-            change = state.apply(message)
+            message, change = state.apply_line(line)
         except WireError as exc:
-            # out of order delta: forget the resume point so the next stream starts afresh
-            state.synced = False
-            raise DiscoveryError(str(exc)) from exc
+            self._metrics.discovery_messages.labels("invalid").inc()
+            raise DiscoveryError(f"invalid discovery message: {exc}") from exc
         self._metrics.discovery_messages.labels(message.type).inc()
         self._view.changed(change)
         if state.synced:

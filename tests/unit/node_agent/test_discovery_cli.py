@@ -1,10 +1,9 @@
-"""Discovery client pieces (line splitting, message handling) and CLI parsing."""
+"""Discovery client message handling and CLI parsing."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,23 +12,8 @@ from meshapi import discovery
 from meshapi.ids import NodeName, PodUid, SpiffeId
 from meshapi.model import Workload
 from node_agent import cli
-from node_agent.discovery import DiscoveryClient, split_lines
+from node_agent.discovery import DiscoveryClient
 from node_agent.errors import ConfigError, DiscoveryError
-
-
-def chunks(*parts: bytes) -> AsyncIterator[bytes]:
-    async def gen() -> AsyncIterator[bytes]:
-        for p in parts:
-            yield p
-
-    return gen()
-
-
-async def test_split_lines_reassembles_and_bounds() -> None:
-    got = [line async for line in split_lines(lambda: chunks(b"ab", b"c\nd", b"e\n"), 10)]
-    assert got == [b"abc", b"de"]
-    with pytest.raises(DiscoveryError, match="longer than 4"):
-        _ = [line async for line in split_lines(lambda: chunks(b"abcdefgh"), 4)]
 
 
 def wl(uid: str) -> Workload:

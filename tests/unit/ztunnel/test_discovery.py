@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 
 from meshapi.discovery import Delta, Snapshot
 from tests.unit.ztunnel.helpers import service, workload
-from ztunnel.discovery import Backoff, DiscoveryClient, LineSplitter
+from ztunnel.discovery import DiscoveryClient
 from ztunnel.errors import DiscoveryError
 from ztunnel.metrics import Metrics
 from ztunnel.seams import MeshView
@@ -24,30 +23,6 @@ def line(msg: Snapshot | Delta) -> bytes:
 def client(view: MeshView) -> DiscoveryClient:
     return DiscoveryClient(controller="127.0.0.1:15012", ca_root=Path("/nonexistent"),
                            token_file=Path("/nonexistent"), view=view, metrics=Metrics())
-
-
-def test_line_splitter_joins_chunks_and_skips_blank_lines() -> None:
-    s = LineSplitter(limit=10)
-    assert list(s.feed(b"ab")) == []
-    assert list(s.feed(b"c\n\nde\nf")) == [b"abc", b"de"]
-    assert list(s.feed(b"\n")) == [b"f"]
-
-
-def test_line_splitter_bounds_lines() -> None:
-    s = LineSplitter(limit=4)
-    with pytest.raises(DiscoveryError):
-        list(s.feed(b"12345"))
-    with pytest.raises(DiscoveryError):
-        list(LineSplitter(limit=4).feed(b"123456\n"))
-
-
-def test_backoff_grows_caps_and_resets() -> None:
-    b = Backoff(base=1, cap=8, rng=random.Random(1))
-    delays = [b.next() for _ in range(10)]
-    assert all(0 <= d <= 8 for d in delays)
-    assert max(delays[:1]) <= 1
-    b.reset()
-    assert b.next() <= 1
 
 
 def test_snapshot_then_delta_rebuilds_the_index() -> None:
