@@ -66,7 +66,7 @@ def test_enrolled_pod_reaches_unenrolled_pod_by_passthrough(cluster: Cluster) ->
     try:
         url = f"http://{cluster.ip('outsider')}:9000/"
         reply = poll("the outsider's app through passthrough",
-                     lambda: json.loads(cluster.curl("client", url, timeout=2).stdout))
+                     lambda: cluster.get_json("client", url, timeout=2))
         assert reply["pod"] == "outsider-app"
     finally:
         app.terminate()
@@ -83,3 +83,11 @@ def test_metrics_count_mesh_connections(cluster: Cluster) -> None:
              in ln and f'source_principal="{CLIENT_ID}"' in ln]
     assert lines, text[:3000]
     assert 'connection_security_policy="mutual_tls"' in lines[0]
+
+
+def test_kubelet_style_probe_from_the_node_reaches_the_app(cluster: Cluster) -> None:
+    # the node's own address on the pod bridge is exempt from inbound capture, as a kubelet
+    # health probe would need; anyone else's plaintext is refused (test above)
+    reply = json.loads(cluster.node_get("node-2", f"http://{cluster.ip('server-1')}:8080/"))
+    assert reply["pod"] == "server-1"
+    assert reply["peer"].startswith("10.78.2.1:")
