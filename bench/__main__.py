@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ SERVER_POD = "server-1"
 CLIENT_POD = "client"
 IPERF_PORT = 5201
 APP_PORT = 8080
+CLUSTER_LOCK = "/run/lock/nodemesh-local-cluster.lock"
 
 
 def run(argv: list[str], *, timeout: float = 120, check: bool = True) -> str:
@@ -188,6 +190,9 @@ def main() -> int:
     if args.seconds < 1 or args.repeat < 1:
         parser.error("--seconds and --repeat must be at least 1")
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    # the cluster's names are fixed: take turns with test runs on this machine
+    lock = open(CLUSTER_LOCK, "w")  # noqa: SIM115 - held until the process exits
+    fcntl.flock(lock, fcntl.LOCK_EX)
     meshctl("local", "down")
     meshctl("local", "up", timeout=600)
     try:

@@ -9,6 +9,7 @@ under the tests' own traffic.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -119,8 +120,20 @@ def _rfc3339(text: str) -> float:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+#: held for the whole session: the local cluster's names are fixed, so two runs (or a run and
+#: the meshctl root tests, or the benchmark) on one machine take turns instead of colliding
+CLUSTER_LOCK = "/run/lock/nodemesh-local-cluster.lock"
+
+
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster_lock() -> Iterator[None]:
+    with open(CLUSTER_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, cluster_lock: None) -> Iterator[Cluster]:
     if os.geteuid() != 0:
         pytest.fail("e2e tests need root")
     c = Cluster(tmp_path_factory.mktemp("cluster") / "state")

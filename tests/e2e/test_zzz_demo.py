@@ -23,7 +23,7 @@ def nm_netns() -> list[str]:
     return [ln.split()[0] for ln in out.splitlines() if ln.startswith("nm-")]
 
 
-def test_demo_shows_identities_and_tears_down(tmp_path: Path) -> None:
+def test_demo_shows_identities_and_tears_down(tmp_path: Path, cluster_lock: None) -> None:
     proc = run("demo", state=tmp_path / "state")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -39,7 +39,7 @@ def test_demo_shows_identities_and_tears_down(tmp_path: Path) -> None:
     assert nm_netns() == [], "demo left namespaces behind"
 
 
-def test_demo_keep_leaves_the_cluster_running(tmp_path: Path) -> None:
+def test_demo_keep_leaves_the_cluster_running(tmp_path: Path, cluster_lock: None) -> None:
     state = tmp_path / "state"
     try:
         proc = run("demo", "--keep", state=state)
