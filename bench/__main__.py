@@ -189,10 +189,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.seconds < 1 or args.repeat < 1:
         parser.error("--seconds and --repeat must be at least 1")
-    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     # the cluster's names are fixed: take turns with test runs on this machine
-    lock = open(CLUSTER_LOCK, "w")  # noqa: SIM115 - held until the process exits
-    fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(CLUSTER_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return run_benchmark(args)
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     meshctl("local", "down")
     meshctl("local", "up", timeout=600)
     try:
