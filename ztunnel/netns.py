@@ -226,17 +226,44 @@ async def connect_marked(
 ) -> socket.socket:
     """A TCP socket created in ``netns_fd`` with the mark and connected (on the loop) to addr.
 
+    ``addr`` is a numeric IPv4 address: the connect is a non-blocking ``connect(2)`` and a wait
+    for writability on the loop, with no name resolution (``loop.sock_connect`` resolves even
+    numeric addresses in a worker thread: one thread hop per connection).
+
     Raises ``OSError`` (e.g. ``ConnectionRefusedError``) or ``TimeoutError`` from the connect.
     """
     sock = await executor.marked_socket(netns_fd)
-    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(connect_timeout):
-            await loop.sock_connect(sock, addr)
+            await _connect(sock, addr)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+async def _connect(sock: socket.socket, addr: tuple[str, int]) -> None:
+    err = sock.connect_ex(addr)
+    if err == 0:
+        return
+    if err != errno.EINPROGRESS:
+        raise OSError(err, f"connect to {addr[0]}:{addr[1]}: {os.strerror(err)}")
+    loop = asyncio.get_running_loop()
+    writable: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def ready() -> None:
+        if not writable.done():
+            writable.set_result(None)
+
+    loop.add_writer(fd, ready)
+    try:
+        await writable
+    finally:
+        loop.remove_writer(fd)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, f"connect to {addr[0]}:{addr[1]}: {os.strerror(err)}")
 
 
 def set_rst_on_close(sock: object) -> None:
