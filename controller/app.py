@@ -90,7 +90,12 @@ class Controller:
         self.listening = asyncio.Event()
 
     def _on_config(self, translation: Translation) -> None:
-        self.hub.update(translation.workloads, translation.services)
+        self.hub.update(
+            translation.workloads,
+            translation.services,
+            translation.authorization_policies,
+            translation.peer_authentications,
+        )
 
     def ready(self) -> bool:
         return self.source.loaded

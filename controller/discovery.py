@@ -27,6 +27,7 @@ from controller.metrics import Metrics
 from meshapi.discovery import Delta, Heartbeat, Snapshot, diff_to_delta
 from meshapi.ids import NodeName
 from meshapi.model import Service, Workload
+from meshapi.policy import AuthorizationPolicy, PeerAuthentication
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class DiscoveryHub:
         self.version = 0
         self.workloads: dict[str, Workload] = {}
         self.services: dict[str, Service] = {}
+        self.authorization_policies: dict[str, AuthorizationPolicy] = {}
+        self.peer_authentications: dict[str, PeerAuthentication] = {}
         self._history: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=history)
         self._queue_size = queue_size
         self._subs: set[Subscription] = set()
@@ -82,28 +85,56 @@ class DiscoveryHub:
         return frozenset(self._subs)
 
     def update(
-        self, workloads: Mapping[str, Workload], services: Mapping[str, Service]
+        self,
+        workloads: Mapping[str, Workload],
+        services: Mapping[str, Service],
+        authorization_policies: Mapping[str, AuthorizationPolicy] | None = None,
+        peer_authentications: Mapping[str, PeerAuthentication] | None = None,
     ) -> Delta | None:
-        """Adopt a new state; returns the delta published (None if nothing changed)."""
+        """Adopt a new state; returns the delta published (None if nothing changed). Policies
+        left out (None) stay as they are."""
+        authz = (
+            self.authorization_policies
+            if authorization_policies is None
+            else dict(authorization_policies)
+        )
+        peer = self.peer_authentications if peer_authentications is None else dict(
+            peer_authentications
+        )
         delta = diff_to_delta(
-            self.epoch, self.version + 1, self.workloads, workloads, self.services, services
+            self.epoch,
+            self.version + 1,
+            self.workloads,
+            workloads,
+            self.services,
+            services,
+            self.authorization_policies,
+            authz,
+            self.peer_authentications,
+            peer,
         )
         if delta is None:
             return None
         self.version = delta.version
         self.workloads = dict(workloads)
         self.services = dict(services)
+        self.authorization_policies = authz
+        self.peer_authentications = peer
         data = encode(delta)
         self._history.append((delta.version, data))
         self._metrics.config_version.set(self.version)
         log.info(
             "event=discovery_version version=%d upsert_workloads=%d upsert_services=%d "
-            "remove_workloads=%d remove_services=%d subscribers=%d",
+            "remove_workloads=%d remove_services=%d policies_changed=%d subscribers=%d",
             delta.version,
             len(delta.upsert_workloads),
             len(delta.upsert_services),
             len(delta.remove_workloads),
             len(delta.remove_services),
+            len(delta.upsert_authorization_policies)
+            + len(delta.upsert_peer_authentications)
+            + len(delta.remove_authorization_policies)
+            + len(delta.remove_peer_authentications),
             len(self._subs),
         )
         for sub in list(self._subs):
@@ -127,6 +158,8 @@ class DiscoveryHub:
             self.version,
             tuple(w for _, w in sorted(self.workloads.items())),
             tuple(s for _, s in sorted(self.services.items())),
+            tuple(p for _, p in sorted(self.authorization_policies.items())),
+            tuple(p for _, p in sorted(self.peer_authentications.items())),
         )
 
     def heartbeat(self) -> bytes:

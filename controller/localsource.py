@@ -160,7 +160,16 @@ class LocalSource:
         self._last_good = result.accepted
         self._report(errors)
         self.loaded = True
-        self._on_change(Translation(result.workloads, result.services, errors, result.accepted))
+        self._on_change(
+            Translation(
+                result.workloads,
+                result.services,
+                errors,
+                result.accepted,
+                result.authorization_policies,
+                result.peer_authentications,
+            )
+        )
 
     def _report(self, errors: tuple[ConfigIssue, ...]) -> None:
         before, after = set(self._errors), set(errors)

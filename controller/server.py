@@ -207,7 +207,13 @@ class Ops:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/debug/status", self.status)
+        app.router.add_get("/debug/config", self.config)
         return app
+
+    async def config(self, request: web.Request) -> web.Response:
+        """The configuration in force as a discovery snapshot (meshapi wire JSON): what
+        ``meshctl policy explain`` evaluates against."""
+        return web.json_response(self.hub.snapshot().to_wire())
 
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -231,6 +237,8 @@ class Ops:
                 "version": self.hub.version,
                 "workloads": len(self.hub.workloads),
                 "services": len(self.hub.services),
+                "authorizationPolicies": len(self.hub.authorization_policies),
+                "peerAuthentications": len(self.hub.peer_authentications),
                 "configErrors": [e.to_json() for e in self.config_errors()],
                 "connectedNodes": [
                     {

@@ -1,5 +1,6 @@
-"""Translation of Kubernetes-shaped objects (Namespace, Pod, Service, ServiceAccount, all ``v1``)
-into the mesh model (:class:`meshapi.model.Workload`, :class:`meshapi.model.Service`).
+"""Translation of Kubernetes-shaped objects (Namespace, Pod, Service, ServiceAccount, all ``v1``;
+AuthorizationPolicy and PeerAuthentication in ``security.nodemesh.io/v1``) into the mesh model
+(:class:`meshapi.model.Workload`, :class:`meshapi.model.Service`, :mod:`meshapi.policy`).
 
 Pure: no I/O. Every config source (the local directory now, Kubernetes later) feeds
 :func:`translate` with :class:`SourceObject` s (the raw decoded document plus where it came from).
@@ -35,6 +36,16 @@ from meshapi.constants import (
 from meshapi.errors import WireError
 from meshapi.ids import NodeName, PodUid, SpiffeId, is_dns_label, is_dns_subdomain
 from meshapi.model import Endpoint, Service, ServicePort, Workload
+from meshapi.policy import (
+    API_VERSION as POLICY_API_VERSION,
+)
+from meshapi.policy import (
+    DRY_RUN_ANNOTATION,
+    KIND_AUTHZ,
+    KIND_PEER_AUTHN,
+    AuthorizationPolicy,
+    PeerAuthentication,
+)
 
 # ---- raw objects (the edge) ------------------------------------------------------------------
 
@@ -111,8 +122,11 @@ class ServiceAccountRaw(TypedDict, total=False):
 
 RawObject = PodRaw | ServiceRaw | NamespaceRaw | ServiceAccountRaw
 
-KINDS: Final = ("Namespace", "Pod", "Service", "ServiceAccount")
+KINDS: Final = ("Namespace", "Pod", "Service", "ServiceAccount", KIND_AUTHZ, KIND_PEER_AUTHN)
 API_VERSION: Final = "v1"
+#: apiVersion per kind (v1 unless listed)
+API_VERSIONS: Final = {KIND_AUTHZ: POLICY_API_VERSION, KIND_PEER_AUTHN: POLICY_API_VERSION}
+_POLICY_TOP_LEVEL: Final = ("apiVersion", "kind", "metadata", "spec", "status")
 DEFAULT_NAMESPACE: Final = "default"
 DEFAULT_SERVICE_ACCOUNT: Final = "default"
 _UID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_DNS, "pods.local.nodemesh.io")
@@ -208,7 +222,19 @@ class ServiceAccountObj:
     key: ObjectKey
 
 
-Parsed = PodObj | ServiceObj | NamespaceObj | ServiceAccountObj
+@dataclass(frozen=True, slots=True)
+class AuthzObj:
+    key: ObjectKey
+    policy: AuthorizationPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthnObj:
+    key: ObjectKey
+    policy: PeerAuthentication
+
+
+Parsed = PodObj | ServiceObj | NamespaceObj | ServiceAccountObj | AuthzObj | PeerAuthnObj
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,12 +273,13 @@ def parse_object(obj: SourceObject) -> Parsed:
         raise fail(None, where, exc.path, exc.message) from None
     if kind not in KINDS:
         raise fail(None, where, "kind", f"unknown kind {kind!r} (supported: {', '.join(KINDS)})")
-    if api_version != API_VERSION:
+    expected_version = API_VERSIONS.get(kind, API_VERSION)
+    if api_version != expected_version:
         raise fail(
             None,
             f"{kind} in {where}",
             "apiVersion",
-            f"unsupported apiVersion {api_version!r} for {kind} (expected {API_VERSION!r})",
+            f"unsupported apiVersion {api_version!r} for {kind} (expected {expected_version!r})",
         )
     try:
         meta = wire.as_mapping(body.get("metadata"), "metadata")
@@ -269,7 +296,9 @@ def parse_object(obj: SourceObject) -> Parsed:
                 f"{namespace!r} is not a valid namespace name (RFC 1123 label)",
             )
         name_ok = (
-            is_dns_subdomain(name) if kind in ("Pod", "ServiceAccount") else (is_dns_label(name))
+            is_dns_subdomain(name)
+            if kind in ("Pod", "ServiceAccount", KIND_AUTHZ, KIND_PEER_AUTHN)
+            else (is_dns_label(name))
         )
         if not name_ok:
             raise WireError("metadata.name", f"{name!r} is not a valid {kind} name")
@@ -283,6 +312,8 @@ def parse_object(obj: SourceObject) -> Parsed:
             return _parse_service(key, body)
         if kind == "Namespace":
             return NamespaceObj(key, _labels(meta))
+        if kind in (KIND_AUTHZ, KIND_PEER_AUTHN):
+            return _parse_policy(key, body, meta)
         return ServiceAccountObj(key)
     except WireError as exc:
         raise fail(key, str(key), exc.path, exc.message) from None
@@ -328,6 +359,36 @@ def _parse_pod(key: ObjectKey, body: Mapping[str, Any], meta: Mapping[str, Any])
     return PodObj(key, uid, labels, annotations, node, sa, ip, tuple(named))
 
 
+def _parse_policy(
+    key: ObjectKey, body: Mapping[str, Any], meta: Mapping[str, Any]
+) -> AuthzObj | PeerAuthnObj:
+    """Istio's spec semantics (meshapi.policy); unknown fields anywhere are errors."""
+    for field_name in body:
+        if field_name not in _POLICY_TOP_LEVEL:
+            raise WireError(field_name, f"unknown field {field_name!r}")
+    annotations = wire.str_map(meta.get("annotations"), "metadata.annotations")
+    dry_raw = annotations.get(DRY_RUN_ANNOTATION, "false")
+    if dry_raw not in ("true", "false"):
+        raise WireError(
+            f"metadata.annotations[{DRY_RUN_ANNOTATION}]",
+            f"must be \"true\" or \"false\", got {dry_raw!r}",
+        )
+    spec = body.get("spec") or {}
+    if key.kind == KIND_AUTHZ:
+        return AuthzObj(
+            key,
+            AuthorizationPolicy.from_spec(
+                key.namespace, key.name, spec, dry_run=dry_raw == "true"
+            ),
+        )
+    if dry_raw == "true":
+        raise WireError(
+            f"metadata.annotations[{DRY_RUN_ANNOTATION}]",
+            "dry-run applies to AuthorizationPolicy only",
+        )
+    return PeerAuthnObj(key, PeerAuthentication.from_spec(key.namespace, key.name, spec))
+
+
 def _parse_service(key: ObjectKey, body: Mapping[str, Any]) -> ServiceObj:
     spec = wire.as_mapping(body.get("spec"), "spec")
     vip_raw = spec.get("clusterIP")
@@ -367,6 +428,8 @@ class Translation:
     errors: tuple[ConfigIssue, ...]
     #: the objects in force; pass as ``last_good`` to the next call
     accepted: dict[ObjectKey, Accepted] = field(default_factory=dict)
+    authorization_policies: dict[str, AuthorizationPolicy] = field(default_factory=dict)
+    peer_authentications: dict[str, PeerAuthentication] = field(default_factory=dict)
 
 
 def translate(
@@ -428,7 +491,24 @@ def translate(
 
     workloads, services, build_issues = build(accepted.values(), trust_domain)
     issues.extend(build_issues)
-    return Translation(workloads, services, tuple(sorted(set(issues))), accepted)
+    authz, peer_authn = policies(accepted.values())
+    return Translation(
+        workloads, services, tuple(sorted(set(issues))), accepted, authz, peer_authn
+    )
+
+
+def policies(
+    accepted: Iterable[Accepted],
+) -> tuple[dict[str, AuthorizationPolicy], dict[str, PeerAuthentication]]:
+    """The policies in force, by ``namespace/name``."""
+    authz: dict[str, AuthorizationPolicy] = {}
+    peer_authn: dict[str, PeerAuthentication] = {}
+    for a in sorted(accepted, key=lambda a: a.parsed.key):
+        if isinstance(a.parsed, AuthzObj):
+            authz[a.parsed.policy.key] = a.parsed.policy
+        elif isinstance(a.parsed, PeerAuthnObj):
+            peer_authn[a.parsed.policy.key] = a.parsed.policy
+    return authz, peer_authn
 
 
 def build(

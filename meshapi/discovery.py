@@ -6,11 +6,15 @@ Transport (owned by the controller and the node components, not by this module):
 
 Messages:
 
-* ``{"type": "snapshot", "epoch": E, "version": V, "workloads": [...], "services": [...]}``
-  replaces everything the node knew.
+* ``{"type": "snapshot", "epoch": E, "version": V, "workloads": [...], "services": [...],
+  "authorizationPolicies": [...], "peerAuthentications": [...]}`` replaces everything the node
+  knew (the two policy lists may be absent: empty).
 * ``{"type": "delta", "epoch": E, "version": V, "upsert": {"workloads": [...], "services":
-  [...]}, "remove": {"workloads": [uid...], "services": ["ns/name"...]}}`` moves the node from
-  version ``V-1`` to ``V``.
+  [...], "authorizationPolicies": [...], "peerAuthentications": [...]}, "remove": {"workloads":
+  [uid...], "services": ["ns/name"...], "authorizationPolicies": ["ns/name"...],
+  "peerAuthentications": ["ns/name"...]}}`` moves the node from version ``V-1`` to ``V``.
+  Policies are ``{"namespace", "name", "dryRun", "spec"}`` with the spec as written
+  (:mod:`meshapi.policy`).
 * ``{"type": "heartbeat", "epoch": E, "version": V}`` every few seconds so a silent peer is
   detected; it changes nothing.
 
@@ -25,12 +29,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from meshapi import wire
 from meshapi.errors import WireError
 from meshapi.ids import ServiceKey
 from meshapi.model import Service, Workload
+from meshapi.policy import AuthorizationPolicy, PeerAuthentication
+
+T = TypeVar("T")
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 HEARTBEAT_SECONDS = 5.0
@@ -44,6 +51,8 @@ class Snapshot:
     version: int
     workloads: tuple[Workload, ...]
     services: tuple[Service, ...]
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
     type: Literal["snapshot"] = "snapshot"
 
     def to_wire(self) -> dict[str, Any]:
@@ -53,6 +62,8 @@ class Snapshot:
             "version": self.version,
             "workloads": [w.to_wire() for w in self.workloads],
             "services": [s.to_wire() for s in self.services],
+            "authorizationPolicies": [p.to_wire() for p in self.authorization_policies],
+            "peerAuthentications": [p.to_wire() for p in self.peer_authentications],
         }
 
 
@@ -64,6 +75,10 @@ class Delta:
     upsert_services: tuple[Service, ...] = ()
     remove_workloads: tuple[str, ...] = ()
     remove_services: tuple[str, ...] = ()
+    upsert_authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    upsert_peer_authentications: tuple[PeerAuthentication, ...] = ()
+    remove_authorization_policies: tuple[str, ...] = ()
+    remove_peer_authentications: tuple[str, ...] = ()
     type: Literal["delta"] = "delta"
 
     def to_wire(self) -> dict[str, Any]:
@@ -74,10 +89,14 @@ class Delta:
             "upsert": {
                 "workloads": [w.to_wire() for w in self.upsert_workloads],
                 "services": [s.to_wire() for s in self.upsert_services],
+                "authorizationPolicies": [p.to_wire() for p in self.upsert_authorization_policies],
+                "peerAuthentications": [p.to_wire() for p in self.upsert_peer_authentications],
             },
             "remove": {
                 "workloads": list(self.remove_workloads),
                 "services": list(self.remove_services),
+                "authorizationPolicies": list(self.remove_authorization_policies),
+                "peerAuthentications": list(self.remove_peer_authentications),
             },
         }
 
@@ -109,6 +128,12 @@ def decode(value: object) -> Message:
             version,
             workloads=_workloads(obj.get("workloads", []), "workloads"),
             services=_services(obj.get("services", []), "services"),
+            authorization_policies=_authz(
+                obj.get("authorizationPolicies", []), "authorizationPolicies"
+            ),
+            peer_authentications=_peer_authn(
+                obj.get("peerAuthentications", []), "peerAuthentications"
+            ),
         )
     if kind == "delta":
         upsert = wire.as_mapping(obj.get("upsert", {}), "upsert")
@@ -120,6 +145,18 @@ def decode(value: object) -> Message:
             upsert_services=_services(upsert.get("services", []), "upsert.services"),
             remove_workloads=_strings(remove.get("workloads", []), "remove.workloads"),
             remove_services=_strings(remove.get("services", []), "remove.services"),
+            upsert_authorization_policies=_authz(
+                upsert.get("authorizationPolicies", []), "upsert.authorizationPolicies"
+            ),
+            upsert_peer_authentications=_peer_authn(
+                upsert.get("peerAuthentications", []), "upsert.peerAuthentications"
+            ),
+            remove_authorization_policies=_strings(
+                remove.get("authorizationPolicies", []), "remove.authorizationPolicies"
+            ),
+            remove_peer_authentications=_strings(
+                remove.get("peerAuthentications", []), "remove.peerAuthentications"
+            ),
         )
     raise WireError("type", f"unknown message type {kind!r}")
 
@@ -158,6 +195,16 @@ def _services(value: object, path: str) -> tuple[Service, ...]:
     return tuple(Service.from_wire(s, wire.join(path, i)) for i, s in enumerate(items))
 
 
+def _authz(value: object, path: str) -> tuple[AuthorizationPolicy, ...]:
+    items = wire.as_list(value, path)
+    return tuple(AuthorizationPolicy.from_wire(p, wire.join(path, i)) for i, p in enumerate(items))
+
+
+def _peer_authn(value: object, path: str) -> tuple[PeerAuthentication, ...]:
+    items = wire.as_list(value, path)
+    return tuple(PeerAuthentication.from_wire(p, wire.join(path, i)) for i, p in enumerate(items))
+
+
 def _strings(value: object, path: str) -> tuple[str, ...]:
     items = wire.as_list(value, path)
     for i, item in enumerate(items):
@@ -173,10 +220,12 @@ class Change:
     workloads: frozenset[str] = frozenset()
     services: frozenset[str] = frozenset()
     full: bool = False
+    #: keys (``namespace/name``) of changed AuthorizationPolicies and PeerAuthentications
+    policies: frozenset[str] = frozenset()
 
     @property
     def empty(self) -> bool:
-        return not (self.workloads or self.services or self.full)
+        return not (self.workloads or self.services or self.full or self.policies)
 
 
 @dataclass
@@ -188,6 +237,8 @@ class DiscoveryState:
     synced: bool = False
     workloads: dict[str, Workload] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
+    authorization_policies: dict[str, AuthorizationPolicy] = field(default_factory=dict)
+    peer_authentications: dict[str, PeerAuthentication] = field(default_factory=dict)
 
     def resume_params(self) -> Mapping[str, str]:
         if not self.synced:
@@ -216,13 +267,18 @@ class DiscoveryState:
             return Change()
         if isinstance(message, Snapshot):
             before_w, before_s = self.workloads, self.services
+            before_a, before_p = self.authorization_policies, self.peer_authentications
             self.workloads = {w.key: w for w in message.workloads}
             self.services = {s.key: s for s in message.services}
+            self.authorization_policies = {p.key: p for p in message.authorization_policies}
+            self.peer_authentications = {p.key: p for p in message.peer_authentications}
             self.epoch, self.version, self.synced = message.epoch, message.version, True
             return Change(
                 workloads=_diff(before_w, self.workloads),
                 services=_diff(before_s, self.services),
                 full=True,
+                policies=_diff(before_a, self.authorization_policies)
+                | _diff(before_p, self.peer_authentications),
             )
         if not self.synced or message.epoch != self.epoch or message.version != self.version + 1:
             raise WireError(
@@ -245,8 +301,25 @@ class DiscoveryState:
         for s in message.upsert_services:
             self.services[s.key] = s
             changed_s.add(s.key)
+        changed_p: set[str] = set()
+        for key in message.remove_authorization_policies:
+            if self.authorization_policies.pop(key, None) is not None:
+                changed_p.add(key)
+        for key in message.remove_peer_authentications:
+            if self.peer_authentications.pop(key, None) is not None:
+                changed_p.add(key)
+        for a in message.upsert_authorization_policies:
+            self.authorization_policies[a.key] = a
+            changed_p.add(a.key)
+        for p in message.upsert_peer_authentications:
+            self.peer_authentications[p.key] = p
+            changed_p.add(p.key)
         self.version = message.version
-        return Change(workloads=frozenset(changed_w), services=frozenset(changed_s))
+        return Change(
+            workloads=frozenset(changed_w),
+            services=frozenset(changed_s),
+            policies=frozenset(changed_p),
+        )
 
 
 def _diff(before: Mapping[str, object], after: Mapping[str, object]) -> frozenset[str]:
@@ -261,12 +334,24 @@ def diff_to_delta(
     after_w: Mapping[str, Workload],
     before_s: Mapping[str, Service],
     after_s: Mapping[str, Service],
+    before_a: Mapping[str, AuthorizationPolicy] | None = None,
+    after_a: Mapping[str, AuthorizationPolicy] | None = None,
+    before_p: Mapping[str, PeerAuthentication] | None = None,
+    after_p: Mapping[str, PeerAuthentication] | None = None,
 ) -> Delta | None:
-    """The delta that turns (before_w, before_s) into (after_w, after_s), or None if equal."""
-    up_w = tuple(w for k, w in sorted(after_w.items()) if before_w.get(k) != w)
-    up_s = tuple(s for k, s in sorted(after_s.items()) if before_s.get(k) != s)
-    rm_w = tuple(sorted(set(before_w) - set(after_w)))
-    rm_s = tuple(sorted(set(before_s) - set(after_s)))
-    if not (up_w or up_s or rm_w or rm_s):
+    """The delta that turns the ``before_*`` maps into the ``after_*`` ones (workloads,
+    services, authorization policies, peer authentications), or None if all are equal."""
+    up_w, rm_w = _changes(before_w, after_w)
+    up_s, rm_s = _changes(before_s, after_s)
+    up_a, rm_a = _changes(before_a or {}, after_a or {})
+    up_p, rm_p = _changes(before_p or {}, after_p or {})
+    if not (up_w or up_s or rm_w or rm_s or up_a or rm_a or up_p or rm_p):
         return None
-    return Delta(epoch, version, up_w, up_s, rm_w, rm_s)
+    return Delta(epoch, version, up_w, up_s, rm_w, rm_s, up_a, up_p, rm_a, rm_p)
+
+
+def _changes(
+    before: Mapping[str, T], after: Mapping[str, T]
+) -> tuple[tuple[T, ...], tuple[str, ...]]:
+    upserts = tuple(v for k, v in sorted(after.items()) if before.get(k) != v)
+    return upserts, tuple(sorted(set(before) - set(after)))

@@ -72,6 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="multi-document YAML file ('-' for stdin); repeatable")
         p.set_defaults(func=func)
 
+    policy = sub.add_parser("policy", help="validate and explain authorization policy")
+    psub = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    pv = psub.add_parser("validate", help="check policy (and other) YAML the way the controller "
+                                          "does; lists every error with file, line, field")
+    pv.add_argument("files", nargs="+", metavar="FILE")
+    pv.set_defaults(func=_policy_validate)
+    pe = psub.add_parser("explain", help="allow or deny, and why, against the live config")
+    pe.add_argument("--from", dest="source", required=True,
+                    metavar="NAMESPACE/SERVICEACCOUNT|IP")
+    pe.add_argument("--to", required=True, metavar="POD[:PORT]", help="<pod> or <ns>/<pod>")
+    pe.add_argument("--method", default=None)
+    pe.add_argument("--path", default=None)
+    pe.add_argument("--header", action="append", default=[], metavar="K=V")
+    pe.add_argument("--controller", default=None, metavar="URL",
+                    help="controller ops endpoint (default http://10.77.0.1:15014)")
+    pe.set_defaults(func=_policy_explain)
+    st = sub.add_parser("status", parents=[common],
+                        help="controller config version and errors, nodes' redirection state")
+    st.add_argument("--controller", default=None, metavar="URL",
+                    help="controller ops endpoint (default http://10.77.0.1:15014)")
+    st.add_argument("--json", action="store_true", help="the controller's /debug/status as JSON")
+    st.set_defaults(func=_status)
+
     demo = sub.add_parser("demo", parents=[common], help="run the nodemesh demo")
     demo.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     demo.set_defaults(func=_demo)
@@ -174,6 +197,41 @@ def _delete(args: argparse.Namespace) -> int:
         print(f"{m} deleted")
     for m in missing:
         print(f"{m} not found", file=sys.stderr)
+    return 0
+
+
+def _policy_validate(args: argparse.Namespace) -> int:
+    from meshctl import policy
+
+    problems = policy.validate(args.files)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} error(s)", file=sys.stderr)
+        return 1
+    print(f"{len(args.files)} file(s) valid")
+    return 0
+
+
+def _policy_explain(args: argparse.Namespace) -> int:
+    from meshctl import policy
+
+    snapshot = policy.fetch_config(args.controller or policy.DEFAULT_CONTROLLER)
+    result = policy.explain(snapshot, source=args.source, to=args.to, method=args.method,
+                            path=args.path, headers=args.header)
+    print(policy.render(result))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from meshctl import policy, status
+
+    url = (args.controller or policy.DEFAULT_CONTROLLER).rstrip("/") + "/debug/status"
+    controller = policy.fetch_json(url)
+    if args.json:
+        print(json.dumps(controller, indent=2))
+        return 0
+    print(status.render(controller, status.read_agent_statuses(Layout(_state(args)).nodes_dir)))
     return 0
 
 

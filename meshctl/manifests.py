@@ -92,7 +92,7 @@ def _doc(source: str, index: int, doc: object) -> Manifest:
             raise fail(f"metadata.{key}", "must be a mapping of strings to strings")
     if "spec" in doc and not isinstance(doc["spec"], dict):
         raise fail("spec", "must be a mapping")
-    if api_version == "v1":
+    if api_version == "v1" or kind in translate.API_VERSIONS:
         # the controller's own validation, so `apply` refuses what the controller would reject
         try:
             translate.parse_object(translate.SourceObject(source, index, doc))

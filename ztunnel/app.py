@@ -32,6 +32,7 @@ from ztunnel.metrics import HboneEvents, Metrics
 from ztunnel.netns import NetnsExecutor
 from ztunnel.outbound import OutboundProxy
 from ztunnel.pods import PodHandlers, PodManager
+from ztunnel.policy import PolicyEngine
 from ztunnel.runtime import PodRuntime
 from ztunnel.seams import HboneListener, MeshView
 from ztunnel.zds import ZdsServer
@@ -59,6 +60,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     metrics = Metrics()
     connlog = ConnLog(metrics)
     view = MeshView()
+    policy = PolicyEngine(view, metrics.registry)
     executor = NetnsExecutor()
     fetcher = ControllerCertFetcher(config.controller, config.ca_root, config.token_file)
     certs = CertificateStore(fetcher, config.trust_domain)
@@ -69,7 +71,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     def hbone_server(pod: PodRuntime, context: ssl.SSLContext) -> HboneListener:
         handler = InboundHandler(pod=pod, view=view, executor=executor, metrics=metrics,
                                  connlog=connlog, trust_domain=config.trust_domain,
-                                 connect_timeout=config.connect_timeout)
+                                 connect_timeout=config.connect_timeout, policy=policy)
         return HboneServer(context=context, trust_domain=config.trust_domain, handler=handler,
                            events=HboneEvents(metrics, pod.uid))
 
@@ -78,7 +80,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         certs=certs,
         handlers=PodHandlers(
             outbound=outbound.protocol_factory,
-            plaintext=lambda pod: PlaintextInbound(pod, metrics),
+            plaintext=lambda pod: PlaintextInbound(
+                pod, metrics, policy=policy, executor=executor, connlog=connlog,
+                connect_timeout=config.connect_timeout),
             hbone_server=hbone_server,
         ),
         metrics=metrics,
