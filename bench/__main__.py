@@ -1,6 +1,13 @@
 """Benchmark harness: the data path between ``client`` (node-1) and ``server-1`` (node-2) of the
 default local cluster, once without the mesh (namespace ``default`` unenrolled) and once through it
-(enrolled), in one run, on the same pods and the same network. Writes ``bench/RESULTS.md``.
+(enrolled) in each redirection mode (iptables, eBPF), in one run, on the same topology and the same
+network. Writes ``bench/RESULTS.md``.
+
+Enrollment latency, per mode: ``--enroll-pods`` extra pods (half per node) are opted out, then
+enrolled one at a time by writing the pod's object back; for each, the agent reports how long it
+took from starting the pod's redirection (its netns is ready and known) until the redirection is
+live and the ztunnel has acked its listeners (``enrollSeconds`` in the agent status), and the
+end-to-end time from the object write (controller's directory poll, discovery push included).
 
 Measured with real tools inside the pods (``meshctl local exec``): single-stream throughput
 (iperf3), request latency p50/p99 and requests per second with 1 and 50 connections (wrk, keep-
@@ -26,6 +33,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshctl.local.layout import Layout, default_state_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 MESHCTL = [sys.executable, "-m", "meshctl"]
@@ -59,7 +71,8 @@ def pods() -> dict[str, dict[str, object]]:
 
 
 def set_enrollment(enabled: bool) -> None:
-    """Enroll or unenroll namespace ``default`` and wait until the node agents agree."""
+    """Enroll or unenroll namespace ``default`` and wait until the node agents agree (for every
+    pod of the namespace, so no enrollment work overlaps a measurement)."""
     labels = "{nodemesh.io/dataplane-mode: enabled}" if enabled else "{}"
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n"
@@ -68,17 +81,98 @@ def set_enrollment(enabled: bool) -> None:
         meshctl("apply", "-f", f.name)
     finally:
         os.unlink(f.name)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         state = pods()
-        wanted = [state[p] for p in (CLIENT_POD, SERVER_POD)]
+        wanted = [p for p in state.values() if p.get("namespace") == "default"]
         if all(p.get("enrolled") is enabled and (
             p.get("redirection") == "redirected" if enabled
             else p.get("redirection") in (None, "removed")) for p in wanted):
             time.sleep(0.5)  # let the ztunnel finish binding after the agent's report
             return
         time.sleep(0.2)
-    raise RuntimeError(f"enrollment={enabled} did not take effect within 30 s: {wanted}")
+    raise RuntimeError(f"enrollment={enabled} did not take effect within 60 s: {wanted}")
+
+
+def agent_pods() -> dict[str, dict[str, Any]]:
+    """Every pod the node agents report, by name (from their status files)."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in Layout(default_state_dir()).nodes_dir.glob("*/agent-status.json"):
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced: the next read sees it
+        for p in doc.get("pods", []):
+            out[str(p.get("name"))] = p
+    return out
+
+
+def _write(path: Path, doc: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")  # not *.yaml: the controller ignores it
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def _opted_out(doc: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(json.dumps(doc))
+    out["metadata"].setdefault("labels", {})["nodemesh.io/dataplane-mode"] = "none"
+    return out
+
+
+@dataclass
+class Enrollment:
+    agent_s: list[float]
+    end_to_end_s: list[float]
+
+
+def enrollment_latency() -> Enrollment:
+    """Opt the extra ``app-*`` pods out, then enroll them one by one (see the module doc)."""
+    config = Layout(default_state_dir()).config_dir
+    files: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for f in sorted(config.glob("*.yaml")):
+        doc = yaml.safe_load(f.read_text())
+        if isinstance(doc, dict) and doc.get("kind") == "Pod" \
+                and str(doc["metadata"]["name"]).startswith("app-"):
+            files[str(doc["metadata"]["name"])] = (f, doc)
+    if not files:
+        raise RuntimeError("no app-* pods: start the cluster with --pods-per-node")
+    for f, doc in files.values():
+        _write(f, _opted_out(doc))
+    _wait("the app pods to be opted out", lambda: all(
+        agent_pods().get(n, {}).get("status") in (None, "removed") for n in files), 120)
+    result = Enrollment([], [])
+    for name, (f, doc) in files.items():
+        started = time.time()
+        _write(f, doc)
+        st = _wait(f"{name} to be redirected", lambda n=name, t=started: _redirected(n, t), 30)
+        result.agent_s.append(float(st["enrollSeconds"]))
+        result.end_to_end_s.append(float(st["since"]) - started)
+    return result
+
+
+def _redirected(name: str, after: float) -> dict[str, Any] | None:
+    st = agent_pods().get(name)
+    if st and st.get("status") == "redirected" and st.get("ztunnel") \
+            and float(st.get("since", 0)) >= after and st.get("enrollSeconds") is not None:
+        return st
+    return None
+
+
+def _wait(what: str, fn: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(0.005)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]
 
 
 @dataclass
@@ -153,8 +247,10 @@ ROWS = [
 ]
 
 
-def render(direct: Figures, mesh: Figures, args: argparse.Namespace, started: str) -> str:
+def render(direct: Figures, mesh: dict[str, Figures], enroll: dict[str, Enrollment],
+           args: argparse.Namespace, started: str) -> str:
     commit = run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=False).strip()
+    modes = list(mesh)
     lines = [
         "# Benchmark results",
         "",
@@ -166,17 +262,37 @@ def render(direct: Figures, mesh: Figures, args: argparse.Namespace, started: st
         f"{args.seconds} s per measurement, median of {args.repeat} runs",
         "- direct: namespace `default` unenrolled (no redirection, plain TCP over the same "
         "veths and bridges); mesh: enrolled (client → ztunnel node-1 → HBONE/mTLS → ztunnel "
-        "node-2 → server)",
+        "node-2 → server), with the node agents in each redirection mode (`--redirect-mode`)",
         "- the sample app is a small Python HTTP server: request rates are bounded by it in "
-        "both columns",
+        "every column",
         "",
-        "| measurement | direct | mesh | mesh/direct |",
-        "|---|---:|---:|---:|",
+        "| measurement | direct | " + " | ".join(f"mesh ({m})" for m in modes) + " | "
+        + " | ".join(f"{m}/direct" for m in modes) + " |",
+        "|---|---:|" + "---:|" * (2 * len(modes)),
     ]
     for title, field, unit, fmt in ROWS:
-        d, m = getattr(direct, field), getattr(mesh, field)
-        ratio = f"{m / d:.2f}" if d else "n/a"
-        lines.append(f"| {title} | {fmt.format(d)} {unit} | {fmt.format(m)} {unit} | {ratio} |")
+        d = getattr(direct, field)
+        cells = [f"{fmt.format(getattr(mesh[m], field))} {unit}" for m in modes]
+        ratios = [f"{getattr(mesh[m], field) / d:.2f}" if d else "n/a" for m in modes]
+        lines.append(f"| {title} | {fmt.format(d)} {unit} | " + " | ".join(cells) + " | "
+                     + " | ".join(ratios) + " |")
+    if enroll:
+        n = len(next(iter(enroll.values())).agent_s)
+        lines += [
+            "",
+            f"## Enrollment latency ({n} pods, enrolled one at a time, per mode)",
+            "",
+            "- agent: from the start of the pod's redirection (netns ready and known to the "
+            "agent) to redirection live and the ztunnel's ack that the pod's listeners are bound",
+            "- end to end: from writing the pod's object (enrolled) into the config directory "
+            "(the controller polls it every 0.25 s) to the same point",
+            "",
+            "| mode | agent p50 | agent p99 | end to end p50 | end to end p99 |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for m, e in enroll.items():
+            ms = [percentile(v, q) * 1000 for v in (e.agent_s, e.end_to_end_s) for q in (50, 99)]
+            lines.append(f"| {m} | " + " | ".join(f"{x:.1f} ms" for x in ms) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -186,9 +302,15 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
+    parser.add_argument("--redirect-mode", choices=["both", "iptables", "ebpf"], default="both",
+                        help="the node agents' redirection mode(s) to measure (default both)")
+    parser.add_argument("--enroll-pods", type=int, default=100,
+                        help="pods whose enrollment latency is measured, per mode (even; 0: skip)")
     args = parser.parse_args()
     if args.seconds < 1 or args.repeat < 1:
         parser.error("--seconds and --repeat must be at least 1")
+    if args.enroll_pods < 0 or args.enroll_pods % 2:
+        parser.error("--enroll-pods must be an even number >= 0 (half per node)")
     # the cluster's names are fixed: take turns with test runs on this machine
     with open(CLUSTER_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -197,21 +319,37 @@ def main() -> int:
 
 def run_benchmark(args: argparse.Namespace) -> int:
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    meshctl("local", "down")
-    meshctl("local", "up", timeout=600)
-    try:
-        server_ip = str(pods()[SERVER_POD]["ip"])
-        pod_exec(SERVER_POD, "iperf3", "-s", "-p", str(IPERF_PORT), "-D")
-        print("direct (unenrolled):", file=sys.stderr)
-        set_enrollment(False)
-        direct = measure(server_ip, args.seconds, args.repeat)
-        print("mesh (enrolled):", file=sys.stderr)
-        set_enrollment(True)
-        mesh = measure(server_ip, args.seconds, args.repeat)
-    finally:
-        if not args.keep:
-            meshctl("local", "down")
-    table = render(direct, mesh, args, started)
+    modes = ["iptables", "ebpf"] if args.redirect_mode == "both" else [args.redirect_mode]
+    direct: Figures | None = None
+    mesh: dict[str, Figures] = {}
+    enroll: dict[str, Enrollment] = {}
+    for i, mode in enumerate(modes):
+        meshctl("local", "down")
+        meshctl("local", "up", "--redirect-mode", mode,
+                "--pods-per-node", str(args.enroll_pods // 2), timeout=900)
+        try:
+            state = pods()
+            wrong = {n: p.get("mode") for n, p in state.items()
+                     if p.get("enrolled") and p.get("mode") != mode}
+            if wrong:
+                raise RuntimeError(f"pods not in {mode} mode (did auto fall back?): {wrong}")
+            server_ip = str(state[SERVER_POD]["ip"])
+            pod_exec(SERVER_POD, "iperf3", "-s", "-p", str(IPERF_PORT), "-D")
+            if direct is None:
+                print("direct (unenrolled):", file=sys.stderr)
+                set_enrollment(False)
+                direct = measure(server_ip, args.seconds, args.repeat)
+                set_enrollment(True)
+            print(f"mesh ({mode}):", file=sys.stderr)
+            mesh[mode] = measure(server_ip, args.seconds, args.repeat)
+            if args.enroll_pods:
+                print(f"enrollment latency ({mode}, {args.enroll_pods} pods):", file=sys.stderr)
+                enroll[mode] = enrollment_latency()
+        finally:
+            if not (args.keep and i == len(modes) - 1):
+                meshctl("local", "down")
+    assert direct is not None
+    table = render(direct, mesh, enroll, args, started)
     args.output.write_text(table)
     print(table)
     return 0

@@ -44,6 +44,8 @@ class Hello:
 class AddPod:
     seq: int
     workload: Workload
+    #: how the agent redirects the pod (``iptables``, ``ebpf``), shown by the ztunnel's admin
+    redirection: str | None = None
     type: Literal["add"] = "add"
 
 
@@ -82,8 +84,10 @@ def encode(message: Message) -> bytes:
     match message:
         case Hello(pods=pods, version=version):
             body = {"type": "hello", "version": version, "pods": list(pods)}
-        case AddPod(seq=seq, workload=workload):
+        case AddPod(seq=seq, workload=workload, redirection=redirection):
             body = {"type": "add", "seq": seq, "workload": dict(workload.to_wire())}
+            if redirection is not None:
+                body["redirection"] = redirection
         case KeepPod(seq=seq, uid=uid) | DeletePod(seq=seq, uid=uid):
             body = {"type": message.type, "seq": seq, "uid": uid}
         case SnapshotComplete(seq=seq):
@@ -112,7 +116,10 @@ def decode(data: bytes) -> Message:
         return Hello(tuple(pods), wire.req_int(obj, "version", "", 1, 1 << 16))
     seq = wire.req_int(obj, "seq", "", 0, 2**63 - 1)
     if kind == "add":
-        return AddPod(seq, Workload.from_wire(obj.get("workload"), "workload"))
+        redirection = obj.get("redirection")
+        if redirection is not None and not isinstance(redirection, str):
+            raise WireError("redirection", "expected a string")
+        return AddPod(seq, Workload.from_wire(obj.get("workload"), "workload"), redirection)
     if kind == "keep":
         return KeepPod(seq, wire.req_str(obj, "uid", ""))
     if kind == "delete":

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds to wait for the mesh to become ready (default 60)")
     up.add_argument("--workload-cert-ttl", type=int, default=None, metavar="SECONDS",
                     help="lifetime of workload certificates (default: the controller's, 24 h)")
+    up.add_argument("--redirect-mode", choices=["auto", "ebpf", "iptables"], default="auto",
+                    help="the node agents' redirection (default auto: eBPF when the machine "
+                         "allows it, else iptables)")
     up.set_defaults(func=_local_up)
     for verb, func, help_text in (
         ("stop", _local_stop, "stop one mesh component (controller, ztunnel or agent)"),
@@ -116,7 +119,8 @@ def _local_up(args: argparse.Namespace) -> int:
         raise _Usage("--workload-cert-ttl must be at least 10 seconds")
     topo = cluster.up(cluster.UpConfig(
         state, args.nodes, args.pods_per_node, args.timeout,
-        MeshComponents(workload_cert_ttl=args.workload_cert_ttl)))
+        MeshComponents(workload_cert_ttl=args.workload_cert_ttl,
+                       redirect_mode=args.redirect_mode)))
     print(f"local cluster up in {time.monotonic() - started:.1f}s: {len(topo.nodes)} nodes, "
           f"{len(topo.pods)} pods (state in {state}); `meshctl local pods` lists them")
     return 0
@@ -159,11 +163,12 @@ def _local_down(args: argparse.Namespace) -> int:
 def _local_pods(args: argparse.Namespace) -> int:
     from meshctl.local import inventory
 
-    rows = inventory.collect(Layout(_state(args)))
+    layout = Layout(_state(args))
+    rows = inventory.collect(layout)
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=2))
     else:
-        print(inventory.table(rows))
+        print(inventory.table(rows, inventory.node_modes(layout)))
     return 0
 
 

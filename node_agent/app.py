@@ -15,9 +15,11 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 
 from node_agent.config import Config
 from node_agent.discovery import DiscoveryClient
+from node_agent.errors import AgentError, RedirectError
 from node_agent.reconcile import Agent, ZtunnelSession
 from node_agent.redirect import Redirector
 from node_agent.redirect.plan import Settings
@@ -27,17 +29,42 @@ from node_agent.zds import ZdsConnection
 log = logging.getLogger(__name__)
 
 
-def resolve_mode(requested: str) -> tuple[str, str]:
-    """(mode, reason). Only iptables exists for now."""
-    if requested == "iptables":
-        return "iptables", "requested with --redirect-mode iptables"
-    return "iptables", "auto: eBPF redirection is not available in this build; using iptables"
-
-
-def make_redirector(mode: str) -> Redirector:
+def _iptables(config: Config) -> Redirector:
+    from node_agent.redirect import ebpf
     from node_agent.redirect.iptables import IptablesRedirector
 
+    # a node switched from eBPF to iptables: its programs must not capture on top of the rules
+    if ebpf.teardown(config.node):
+        log.info("removed the eBPF state of node %s (now in iptables mode)", config.node)
     return IptablesRedirector()
+
+
+def choose_redirector(config: Config) -> tuple[Redirector, str]:
+    """(redirector, reason). ``auto`` tries eBPF (probe, then a real load, which runs the
+    verifier) and falls back to iptables on any failure, with the reason; ``ebpf`` fails instead.
+    Blocking (compiles the programs): call it in a thread."""
+    if config.redirect_mode == "iptables":
+        return _iptables(config), "requested with --redirect-mode iptables"
+    from node_agent.redirect import ebpf
+    from node_agent.redirect.ebpf import sys as bpfsys
+
+    requested = config.redirect_mode
+    try:
+        cgroup = config.cgroup or bpfsys.cgroup2_mount()
+    except AgentError as exc:
+        cgroup, why = Path("/"), str(exc)
+    else:
+        why = ebpf.probe(cgroup) or ""
+    if not why:
+        try:
+            redirector = ebpf.EbpfRedirector.start(config.node, cgroup, config.bpf_dir)
+        except AgentError as exc:
+            why = f"the eBPF programs did not load: {exc}"
+        else:
+            return redirector, f"{requested}: eBPF programs loaded and attached to {cgroup}"
+    if requested == "ebpf":
+        raise RedirectError(f"--redirect-mode ebpf: {why}")
+    return _iptables(config), f"auto: eBPF not usable, using iptables: {why}"
 
 
 def status_doc(
@@ -61,8 +88,9 @@ def status_doc(
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
-    mode, reason = resolve_mode(config.redirect_mode)
-    log.info("redirect mode %s (%s)", mode, reason)
+    redirector, reason = await asyncio.to_thread(choose_redirector, config)
+    mode = redirector.mode
+    (log.warning if "not usable" in reason else log.info)("redirect mode %s (%s)", mode, reason)
     settings = Settings(host_probe_ip=config.host_probe_ip)
     notify: list[Callable[[], None]] = []
     disc = DiscoveryClient(
@@ -70,11 +98,13 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     )
 
     async def connect(on_close: Callable[[], None]) -> AbstractAsyncContextManager[ZtunnelSession]:
-        return await ZdsConnection.connect(str(config.zds_socket), on_close=on_close)
+        return await ZdsConnection.connect(
+            str(config.zds_socket), on_close=on_close, redirection=mode
+        )
 
     status_dirty = asyncio.Event()
     agent = Agent(
-        config.node, settings, make_redirector(mode), disc, connect,
+        config.node, settings, redirector, disc, connect,
         on_status=status_dirty.set,
     )
     notify.append(agent.notify)
@@ -123,5 +153,9 @@ def run(config: Config) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(config, stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except AgentError as exc:
+        log.error("%s", exc)
+        return 1
     return 0

@@ -28,7 +28,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--ca-root", c.ENV_CA_ROOT, "trust anchor for the controller API")
     add("--token-file", c.ENV_TOKEN_FILE, "node bootstrap credential")
     add("--zds-socket", c.ENV_ZDS_SOCKET, "agent-ztunnel Unix socket (the ztunnel listens)")
-    add("--redirect-mode", c.ENV_REDIRECT_MODE, "auto | iptables", "auto")
+    add("--redirect-mode", c.ENV_REDIRECT_MODE, "auto | ebpf | iptables", "auto")
+    add("--cgroup", c.ENV_CGROUP,
+        "eBPF mode: cgroup v2 directory holding this node's pods and ztunnel (default: the root)")
+    add("--bpf-dir", c.ENV_BPF_DIR, "eBPF mode: directory of the BPF C programs (default: bpf/)")
     add("--host-probe-ip", c.ENV_HOST_PROBE_IP, "source IP of health probes, not captured")
     add("--status-file", c.ENV_STATUS_FILE, "write per-pod redirection state here as JSON")
     add("--log-level", c.ENV_LOG_LEVEL, "DEBUG, INFO, WARNING, ERROR", "INFO")
@@ -47,7 +50,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> c.Config:
     if ns.redirect_mode not in c.REDIRECT_MODES:
         raise ConfigError(
             f"--redirect-mode {ns.redirect_mode!r} is not supported; use one of "
-            f"{', '.join(c.REDIRECT_MODES)} (ebpf comes later)"
+            f"{', '.join(c.REDIRECT_MODES)}"
         )
     probe: ipaddress.IPv4Address | None = None
     if ns.host_probe_ip:
@@ -70,6 +73,8 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> c.Config:
         host_probe_ip=probe,
         status_file=Path(ns.status_file) if ns.status_file else None,
         log_level=level,
+        cgroup=Path(ns.cgroup) if ns.cgroup else None,
+        bpf_dir=Path(ns.bpf_dir) if ns.bpf_dir else None,
     )
 
 

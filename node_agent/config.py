@@ -16,8 +16,10 @@ ENV_REDIRECT_MODE: Final = "NODEMESH_REDIRECT_MODE"
 ENV_HOST_PROBE_IP: Final = "NODEMESH_HOST_PROBE_IP"
 ENV_STATUS_FILE: Final = "NODEMESH_AGENT_STATUS_FILE"
 ENV_LOG_LEVEL: Final = "NODEMESH_LOG_LEVEL"
+ENV_CGROUP: Final = "NODEMESH_CGROUP"
+ENV_BPF_DIR: Final = "NODEMESH_BPF_DIR"
 
-REDIRECT_MODES: Final = ("auto", "iptables")
+REDIRECT_MODES: Final = ("auto", "ebpf", "iptables")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +33,7 @@ class Config:
     host_probe_ip: ipaddress.IPv4Address | None = None
     status_file: Path | None = None
     log_level: str = "INFO"
+    #: eBPF mode: the cgroup v2 directory holding this node's pods and ztunnel (None: the root)
+    cgroup: Path | None = None
+    #: eBPF mode: the program sources (None: the ``bpf/`` next to the package)
+    bpf_dir: Path | None = None

@@ -163,12 +163,16 @@ class PodStatus:
     in_ztunnel: bool = False
     last_error: str | None = None
     since: float = field(default_factory=time.time)
+    #: seconds from the start of the pod's redirection to the ztunnel's ack of its listeners,
+    #: the last time it was enrolled (the enrollment latency the benchmark reports)
+    enroll_seconds: float | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
             "uid": self.uid, "name": self.name, "namespace": self.namespace, "ip": self.ip,
             "netns": self.netns, "mode": self.mode, "status": self.status,
             "ztunnel": self.in_ztunnel, "lastError": self.last_error, "since": self.since,
+            "enrollSeconds": self.enroll_seconds,
         }
 
 
@@ -211,7 +215,14 @@ class Agent:
         return {u: w for u, w in self.source.workloads.items() if w.node == self.node}
 
     async def observe(self) -> None:
-        """Read the rules already in every local pod's netns (after an agent restart)."""
+        """Read the rules already in every local pod's netns (after an agent restart), and drop
+        redirection state kept for netns that are no longer wanted pods (deleted meanwhile)."""
+        live = [w.netns for w in self.local().values() if w.enrolled and w.netns is not None]
+        try:
+            if dropped := await self.redirector.collect(live):
+                log.info("removed the redirection state of %d pod(s) gone meanwhile", dropped)
+        except AgentError as exc:
+            log.warning("cannot collect stale redirection state: %s", exc)
         for uid, w in sorted(self.local().items()):
             if w.netns is None:
                 continue
@@ -271,14 +282,16 @@ class Agent:
             local, self.rules, self.added, frozenset(session.served), self.settings, snapshot
         )
         failed: set[str] = set()
+        started: dict[str, float] = {}
         for action in actions:
             match action:
                 case Report(workload=w, error=error):
                     self._fail(w, error)
                 case Apply(workload=w, plan=plan):
                     assert w.netns is not None
+                    started[w.key] = time.monotonic()
                     try:
-                        await self.redirector.apply(w.netns, plan)
+                        await self.redirector.apply(w.netns, plan, w.ip)
                     except AgentError as exc:
                         self.rules.pop(w.key, None)
                         failed.add(w.key)
@@ -288,7 +301,10 @@ class Agent:
                 case Add(workload=w):
                     if w.key in failed:
                         continue
+                    started.setdefault(w.key, time.monotonic())
                     await self._add(session, w, failed)
+                    if w.key not in failed:
+                        self._status(w).enroll_seconds = time.monotonic() - started[w.key]
                 case Keep(workload=w):
                     await session.keep(w.key)
                     self.added[w.key] = w

@@ -39,8 +39,10 @@ class ZdsConnection:
         sock: socket.socket,
         ack_timeout: float = zds.ACK_TIMEOUT_SECONDS,
         on_close: Callable[[], None] | None = None,
+        redirection: str | None = None,
     ) -> None:
         sock.setblocking(False)
+        self._redirection = redirection
         self._sock = sock
         self._ack_timeout = ack_timeout
         self._on_close = on_close
@@ -60,6 +62,7 @@ class ZdsConnection:
         path: str,
         ack_timeout: float = zds.ACK_TIMEOUT_SECONDS,
         on_close: Callable[[], None] | None = None,
+        redirection: str | None = None,
     ) -> ZdsConnection:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.setblocking(False)
@@ -71,7 +74,7 @@ class ZdsConnection:
             raise ZdsError(
                 f"cannot connect to the ztunnel at {path}: {exc} — is it running?"
             ) from exc
-        return cls(sock, ack_timeout, on_close)
+        return cls(sock, ack_timeout, on_close, redirection)
 
     async def __aenter__(self) -> ZdsConnection:
         try:
@@ -200,7 +203,9 @@ class ZdsConnection:
     async def add(self, workload: Workload, netns_fd: int) -> None:
         """Hand the pod and its netns to the ztunnel; the caller keeps (and closes) the fd."""
         uid = workload.key
-        await self._request(lambda s: zds.AddPod(s, workload), f"add of pod {uid}", [netns_fd])
+        await self._request(
+            lambda s: zds.AddPod(s, workload, self._redirection), f"add of pod {uid}", [netns_fd]
+        )
         self.served.add(uid)
         self._since_hello.add(uid)
 

@@ -92,14 +92,18 @@ class PodManager:
     def get(self, uid: str) -> ServedPod | None:
         return self._pods.get(uid)
 
-    async def add(self, workload: Workload, netns_fd: int) -> None:
-        """Serve ``workload``; takes ownership of ``netns_fd`` (closed on failure or delete)."""
+    async def add(
+        self, workload: Workload, netns_fd: int, redirection: str = "iptables"
+    ) -> None:
+        """Serve ``workload``; takes ownership of ``netns_fd`` (closed on failure or delete).
+        ``redirection`` is the agent's mode for the pod, shown by the admin endpoint."""
         async with self._lock:
             try:
                 pod = await self._start(workload, netns_fd)
             except BaseException:
                 os.close(netns_fd)
                 raise
+            pod.redirection = redirection
             old = self._pods.get(str(workload.uid))
             self._pods[str(workload.uid)] = pod
             self._metrics.pods_served.set(len(self._pods))

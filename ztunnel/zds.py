@@ -42,7 +42,9 @@ class PodSink(Protocol):
     """What the ZDS server drives (``pods.PodManager``; a fake in unit tests)."""
 
     def served(self) -> list[str]: ...
-    async def add(self, workload: Workload, netns_fd: int) -> None: ...
+    async def add(
+        self, workload: Workload, netns_fd: int, redirection: str = "iptables"
+    ) -> None: ...
     def keep(self, uid: str) -> None: ...
     async def delete(self, uid: str) -> bool: ...
     async def retain_only(self, uids: set[str]) -> list[str]: ...
@@ -85,7 +87,7 @@ class ZdsSession:
         if not isinstance(message, zds.AddPod) and fds:
             return self._error("unexpected_fd", seq, f"{message.type!r} must not carry an fd")
         match message:
-            case zds.AddPod(workload=workload):
+            case zds.AddPod(workload=workload, redirection=redirection):
                 if len(fds) != 1:
                     return self._error(
                         "missing_fd", seq,
@@ -104,7 +106,7 @@ class ZdsSession:
                     )
                 fd = fds.pop()
                 try:
-                    await self._pods.add(workload, fd)
+                    await self._pods.add(workload, fd, redirection or "iptables")
                 except ZtunnelError as exc:
                     return self._error("add_failed", seq, str(exc))
                 self._seen.add(str(workload.uid))

@@ -28,6 +28,8 @@ class PodRedirection:
     error: str | None = None
     #: whether the agent handed the pod to the ztunnel; None when not reported
     in_ztunnel: bool | None = None
+    #: the pod's redirection mode (``iptables``, ``ebpf``); None when not reported
+    mode: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -56,10 +58,26 @@ def parse(text: str) -> dict[str, PodRedirection]:
             state = REDIRECTED if entry.get("redirected") is True else "pending"
         error = entry.get("lastError", entry.get("error"))
         in_ztunnel = entry.get("ztunnel")
+        mode = entry.get("mode")
         out[uid] = PodRedirection(
             uid,
             state,
             error if isinstance(error, str) else None,
             in_ztunnel if isinstance(in_ztunnel, bool) else None,
+            mode if isinstance(mode, str) else None,
         )
     return out
+
+
+def node_mode(text: str) -> tuple[str, str, str] | None:
+    """(node, redirect mode, why that mode) from a status file; None when not reported."""
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    node, mode, reason = raw.get("node"), raw.get("redirectMode"), raw.get("redirectModeReason")
+    if not isinstance(node, str) or not isinstance(mode, str):
+        return None
+    return node, mode, reason if isinstance(reason, str) else ""

@@ -343,6 +343,7 @@ def down(state_dir: Path, netlink: Netlink | None = None) -> DownReport:
     report.killed = len(victims)
     if still:
         report.problems.append(f"processes survived SIGKILL: {sorted(still)}")
+    _remove_bpf_pins(report)
 
     # node netns last: deleting one takes its end of each veth with it
     for name in sorted(our_netns, key=lambda n: n.startswith(f"{NETNS_PREFIX}node-")):
@@ -372,6 +373,20 @@ def down(state_dir: Path, netlink: Netlink | None = None) -> DownReport:
             + " — check with `ip netns list`, `ip link`, and run `meshctl local down` again"
         )
     return report
+
+
+#: where the node agents pin their eBPF programs' maps and links (node_agent.redirect.ebpf)
+BPF_PIN_ROOT: Final = Path("/sys/fs/bpf/nodemesh")
+
+
+def _remove_bpf_pins(report: DownReport, root: Path = BPF_PIN_ROOT) -> None:
+    """Unpinning is what detaches the agents' programs (they hold no fd once killed)."""
+    if not root.exists():
+        return
+    try:
+        shutil.rmtree(root)
+    except OSError as exc:
+        report.problems.append(f"cannot remove the eBPF pins in {root}: {exc}")
 
 
 def _remove_runtime_files(layout: Layout, report: DownReport) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Protocol
 
+from meshctl.local.cgroups import cgroup2_mount, subtree
 from meshctl.local.layout import Layout
 from meshctl.local.topology import CONTROLLER_API, CONTROLLER_METRICS, HOST_BRIDGE_IP, Node, Pod
 
@@ -38,9 +39,15 @@ def sample_app(pod: Pod) -> list[str]:
 class MeshComponents:
     wait_for_mesh = True
 
-    def __init__(self, python: str = sys.executable, workload_cert_ttl: int | None = None) -> None:
+    def __init__(
+        self,
+        python: str = sys.executable,
+        workload_cert_ttl: int | None = None,
+        redirect_mode: str = "auto",
+    ) -> None:
         self.python = python
         self.workload_cert_ttl = workload_cert_ttl
+        self.redirect_mode = redirect_mode
 
     def controller(self, layout: Layout) -> list[str]:
         return [
@@ -74,7 +81,9 @@ class MeshComponents:
     def agent(self, layout: Layout, node: Node) -> list[str]:
         return [
             self.python, "-m", "node_agent", *self._node_flags(layout, node),
-            "--redirect-mode", "iptables",
+            "--redirect-mode", self.redirect_mode,
+            # eBPF mode: the subtree holding every pod and the ztunnel (docs/CONTRACTS.md)
+            "--cgroup", str(subtree(cgroup2_mount())),
             "--host-probe-ip", str(node.pod_gateway),
             "--status-file", str(layout.agent_status(node)),
         ]

@@ -28,6 +28,8 @@ class PodRow:
     #: the agent's state for the pod (``redirected``, ``pending``…), ``None`` when unreported
     redirection: str | None
     uid: str
+    #: how the pod is redirected (``iptables``, ``ebpf``), ``None`` when unreported
+    mode: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -76,6 +78,7 @@ def rows(
                 ),
                 redirection=status.state if status is not None else None,
                 uid=uid,
+                mode=status.mode if status is not None else None,
             )
         )
     return sorted(out, key=lambda r: (r.namespace, r.name))
@@ -92,18 +95,38 @@ def collect(layout: Layout) -> list[PodRow]:
     return rows((doc for _path, doc in configdir.read_all(layout.config_dir)), statuses)
 
 
-def table(pods: list[PodRow]) -> str:
-    header = ("NAMESPACE", "NAME", "SERVICE ACCOUNT", "NODE", "IP", "ENROLLED", "REDIRECTION")
+def table(pods: list[PodRow], nodes: Iterable[tuple[str, str, str]] = ()) -> str:
+    """The pods, then one line per node: its redirection mode and why (``nodes`` from
+    :func:`node_modes`)."""
+    header = ("NAMESPACE", "NAME", "SERVICE ACCOUNT", "NODE", "IP", "ENROLLED", "REDIRECTION",
+              "MODE")
     lines: list[tuple[str, ...]] = [header]
     for r in pods:
         lines.append((r.namespace, r.name, r.service_account, r.node, r.ip,
                       "yes" if r.enrolled else "no",
-                      r.redirection or ("-" if not r.enrolled else "unknown")))
+                      r.redirection or ("-" if not r.enrolled else "unknown"),
+                      (r.mode or "-") if r.redirection is not None else "-"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join(
+    text = "\n".join(
         "  ".join(col.ljust(w) for col, w in zip(line, widths, strict=True)).rstrip()
         for line in lines
     )
+    footer = [f"{node}: redirect mode {mode} ({reason})" for node, mode, reason in nodes]
+    return "\n\n".join([text, "\n".join(footer)]) if footer else text
+
+
+def node_modes(layout: Layout) -> list[tuple[str, str, str]]:
+    """(node, mode, reason) of every node whose agent wrote a status file."""
+    out: list[tuple[str, str, str]] = []
+    if layout.nodes_dir.is_dir():
+        for status_file in sorted(layout.nodes_dir.glob("*/agent-status.json")):
+            try:
+                found = agentstatus.node_mode(status_file.read_text())
+            except OSError:
+                continue
+            if found is not None:
+                out.append(found)
+    return out
 
 
 def collect_from(state_dir: Path) -> list[PodRow]:

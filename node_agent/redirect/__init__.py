@@ -1,11 +1,14 @@
 """Traffic redirection inside pod network namespaces.
 
 :class:`Redirector` is what the rest of the agent sees; ``redirect.iptables`` is the real
-implementation for the ``iptables`` mode (the only module importing ``iptc``), and tests use a fake.
+implementation for the ``iptables`` mode (the only module importing ``iptc``), ``redirect.ebpf`` for
+the ``ebpf`` mode (the only package importing ``bcc``), and tests use a fake.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
 from typing import Protocol
 
 from node_agent.redirect.plan import Plan
@@ -17,8 +20,8 @@ class Redirector(Protocol):
 
     mode: str
 
-    async def apply(self, netns_path: str, plan: Plan) -> bool:
-        """Make the pod's rules equal ``plan``; True if anything had to change."""
+    async def apply(self, netns_path: str, plan: Plan, pod_ip: ipaddress.IPv4Address) -> bool:
+        """Make the pod's redirection equal ``plan``; True if anything had to change."""
         ...
 
     async def read(self, netns_path: str) -> Plan:
@@ -27,4 +30,9 @@ class Redirector(Protocol):
 
     async def remove(self, netns_path: str) -> bool:
         """Delete our jumps and chains, nothing else; True if anything was there."""
+        ...
+
+    async def collect(self, live_netns: Iterable[str]) -> int:
+        """Drop state kept outside pod netns (eBPF maps, pins) of every netns not in
+        ``live_netns``; how many pods' state went. iptables keeps none: always 0."""
         ...

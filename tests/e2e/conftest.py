@@ -1,7 +1,9 @@
 """Whole local clusters driven through ``meshctl``, as a user would.
 
-One cluster per session (building one takes seconds, not milliseconds); tests that break
-something (stop the controller, kill an agent) restore it before they return. The cluster is
+One cluster per redirection mode (``iptables``, then ``ebpf``: the session fixture is
+parametrised, so the whole suite runs once per mode; building one takes seconds, not
+milliseconds); tests that break something (stop the controller, kill an agent) restore it before
+they return. The cluster is
 torn down at the end of the session whatever happened, and ``test_zz_down`` checks that teardown
 leaves nothing behind. Workload certificates live only ``CERT_TTL`` seconds so renewal happens
 under the tests' own traffic.
@@ -24,6 +26,9 @@ import pytest
 
 MESHCTL = [sys.executable, "-m", "meshctl"]
 CERT_TTL = 40
+#: the suite runs once per mode; in eBPF mode a pod carries no iptables/nftables rule
+REDIRECT_MODES = ("iptables", "ebpf")
+BPF_PINS = Path("/sys/fs/bpf/nodemesh")
 VIP = "10.96.0.10"
 
 
@@ -51,6 +56,7 @@ def poll(what: str, fn: Callable[[], Any], timeout: float = 15.0, interval: floa
 @dataclass
 class Cluster:
     state_dir: Path
+    mode: str = "iptables"
 
     def meshctl(self, *args: str, check: bool = True, timeout: float = 120,
                 input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -114,6 +120,41 @@ class Cluster:
     def pid(self, node: str, component: str) -> int:
         return int((self.state_dir / "nodes" / node / f"{component}.pid").read_text().split()[0])
 
+    def redirection(self, pod: str) -> list[str]:
+        """What redirects ``pod`` (empty: nothing): our iptables rules (``-A NODEMESH...``) in
+        iptables mode; in eBPF mode the pod's sk_lookup link and map entry, and then no
+        nodemesh iptables or nftables rule may exist in its netns at all."""
+        netns = f"nm-pod-{self.pods()[pod]['namespace']}-{pod}"
+        rules = nodemesh_rules(netns)
+        if self.mode == "iptables":
+            return rules
+        assert not rules, f"iptables rules in eBPF mode: {rules}"
+        assert no_nft_rules(netns)
+        cookie = netns_cookie(netns)
+        pins = sorted(p for p in BPF_PINS.glob(f"*/pods/{cookie}"))
+        return [f"ebpf sk_lookup link {p}" for p in pins]
+
+
+def nodemesh_rules(netns: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy-save", "-t", "nat"],
+                         capture_output=True, text=True, check=True).stdout
+    return [ln for ln in out.splitlines() if "NODEMESH" in ln and ln.startswith("-A")]
+
+
+def no_nft_rules(netns: str) -> bool:
+    out = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "ruleset"],
+                         capture_output=True, text=True).stdout
+    return "redirect" not in out and "NODEMESH" not in out.upper()
+
+
+def netns_cookie(netns: str) -> int:
+    """The netns's cookie (SO_NETNS_COOKIE), which names its eBPF state."""
+    code = ("import socket; s = socket.socket(); "
+            "print(int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 71, 8), 'little'))")
+    out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out)
+
 
 def _rfc3339(text: str) -> float:
     import datetime
@@ -132,15 +173,24 @@ def cluster_lock() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory, cluster_lock: None) -> Iterator[Cluster]:
+@pytest.fixture(scope="session", params=REDIRECT_MODES)
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, cluster_lock: None
+) -> Iterator[Cluster]:
     if os.geteuid() != 0:
         pytest.fail("e2e tests need root")
-    c = Cluster(tmp_path_factory.mktemp("cluster") / "state")
+    mode = str(request.param)
+    c = Cluster(tmp_path_factory.mktemp(f"cluster-{mode}") / "state", mode)
     c.meshctl("local", "down", timeout=120)
     try:
         c.meshctl("local", "up", "--pods-per-node", "1", "--workload-cert-ttl", str(CERT_TTL),
-                  timeout=300)
+                  "--redirect-mode", mode, timeout=300)
+        for name, pod in c.pods().items():
+            if pod["enrolled"]:
+                assert pod.get("mode") == mode, f"pod {name} is in mode {pod.get('mode')}"
+        for node in ("node-1", "node-2"):  # the node's admin endpoint says the same
+            served = c.admin(node, "/config_dump")["pods"]
+            assert served and {p["redirection"] for p in served} == {mode}, served
         yield c
     finally:
         c.meshctl("local", "down", check=False, timeout=120)

@@ -5,7 +5,6 @@ the last good configuration stays in force."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -16,12 +15,6 @@ from tests.e2e.conftest import Cluster, poll
 ENROLLED_NS = ("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n"
                "  labels: {nodemesh.io/dataplane-mode: enabled}\n")
 UNENROLLED_NS = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n"
-
-
-def nodemesh_rules(netns: str) -> list[str]:
-    out = subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy-save", "-t", "nat"],
-                         capture_output=True, text=True, check=True).stdout
-    return [ln for ln in out.splitlines() if "NODEMESH" in ln and ln.startswith("-A")]
 
 
 def controller_status() -> dict[str, Any]:
@@ -36,8 +29,8 @@ def test_unenroll_and_reenroll_namespace_without_restarts(cluster: Cluster,
     client_ip = cluster.ip("client")
     try:
         cluster.apply(UNENROLLED_NS, tmp_path)
-        poll("the client pod's rules to be removed",
-             lambda: not nodemesh_rules("nm-pod-default-client"))
+        poll("the client pod's redirection to be removed",
+             lambda: not cluster.redirection("client"))
         poll("pods listed as not enrolled", lambda: not cluster.pods()["client"]["enrolled"])
         # plain pod-to-pod traffic now, nothing recorded by the destination ztunnel
         started = time.time()
@@ -50,7 +43,7 @@ def test_unenroll_and_reenroll_namespace_without_restarts(cluster: Cluster,
         cluster.apply(ENROLLED_NS, tmp_path)
     poll("the client pod to be redirected again",
          lambda: cluster.pods()["client"].get("redirection") == "redirected"
-         and nodemesh_rules("nm-pod-default-client"))
+         and cluster.redirection("client"))
     poll("the server pod to be redirected again",
          lambda: cluster.pods()["server-1"].get("redirection") == "redirected")
     started = time.time()
@@ -69,8 +62,8 @@ def test_pod_label_none_opts_out(cluster: Cluster, tmp_path: Path) -> None:
     try:
         cluster.apply(opted_out, tmp_path, "server-2.yaml")
         poll("server-2 to be unenrolled", lambda: not cluster.pods()["server-2"]["enrolled"])
-        poll("server-2's rules to be removed",
-             lambda: not nodemesh_rules("nm-pod-default-server-2"))
+        poll("server-2's redirection to be removed",
+             lambda: not cluster.redirection("server-2"))
     finally:
         cluster.apply(original, tmp_path, "server-2.yaml")
     poll("server-2 to be redirected again",

@@ -23,6 +23,7 @@ def test_down_leaves_nothing(cluster: Cluster) -> None:
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert not [ln for ln in links.splitlines() if ": nm-" in ln], links
     assert not (cgroup2_mount() / "nodemesh").exists()
+    assert not Path("/sys/fs/bpf/nodemesh").exists()  # eBPF pins: programs detached
     pattern = "-m ztunnel|-m node_agent|-m controller|meshctl.sampleapp"
     procs = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True).stdout
     assert not [ln for ln in procs.splitlines() if "pgrep" not in ln], procs

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import iptc
@@ -262,7 +263,7 @@ class IptablesRedirector:
 
     mode = MODE
 
-    async def apply(self, netns_path: str, plan: Plan) -> bool:
+    async def apply(self, netns_path: str, plan: Plan, pod_ip: ipaddress.IPv4Address) -> bool:
         return await asyncio.to_thread(apply, netns_path, plan)
 
     async def read(self, netns_path: str) -> Plan:
@@ -270,3 +271,6 @@ class IptablesRedirector:
 
     async def remove(self, netns_path: str) -> bool:
         return await asyncio.to_thread(remove, netns_path)
+
+    async def collect(self, live_netns: Iterable[str]) -> int:
+        return 0  # rules live in the pod netns and go with it

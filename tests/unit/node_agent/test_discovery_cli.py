@@ -61,7 +61,7 @@ def test_cli_flags_and_env() -> None:
 
 @pytest.mark.parametrize(
     ("extra", "msg"),
-    [(["--redirect-mode", "ebpf"], "not supported"), (["--host-probe-ip", "x"], "not an IPv4")],
+    [(["--redirect-mode", "bpf"], "not supported"), (["--host-probe-ip", "x"], "not an IPv4")],
 )
 def test_cli_rejects(extra: list[str], msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import pytest
 
@@ -96,7 +96,7 @@ class FakeRedirector:
         self.missing: set[str] = set()
         self.calls: list[tuple[str, str]] = []
 
-    async def apply(self, netns_path: str, plan: Plan) -> bool:
+    async def apply(self, netns_path: str, plan: Plan, pod_ip: ipaddress.IPv4Address) -> bool:
         self.calls.append(("apply", netns_path))
         if netns_path in self.missing:
             raise NetnsError(f"cannot open netns {netns_path}")
@@ -111,6 +111,10 @@ class FakeRedirector:
     async def remove(self, netns_path: str) -> bool:
         self.calls.append(("remove", netns_path))
         return self.netns.pop(netns_path, None) is not None
+
+    async def collect(self, live_netns: Iterable[str]) -> int:
+        self.calls.append(("collect", ",".join(sorted(live_netns))))
+        return 0
 
 
 class FakeSession:
@@ -163,7 +167,10 @@ async def test_agent_orders_apply_before_add_and_delete_before_remove(tmp_path: 
     red.calls = log  # one timeline for both
     await ag.observe()
     await ag.sync(session, snapshot=True)
-    assert log == [("read", netns), ("apply", netns), ("add", "a"), ("snapshot_complete", "")]
+    assert log == [
+        ("collect", netns), ("read", netns), ("apply", netns), ("add", "a"),
+        ("snapshot_complete", ""),
+    ]
     assert ag.pods["a"].status == "redirected" and ag.pods["a"].in_ztunnel
 
     log.clear()
@@ -184,7 +191,7 @@ async def test_agent_restart_repairs_nothing_when_all_is_in_place(tmp_path: obje
     await ag.observe()
     await ag.sync(FakeSession({"a"}, log), snapshot=True)
     assert log == [("keep", "a"), ("snapshot_complete", "")]
-    assert [c for c in red.calls if c[0] != "read"] == []
+    assert [c for c in red.calls if c[0] not in ("read", "collect")] == []
 
 
 async def test_missing_netns_is_reported_and_retried() -> None:

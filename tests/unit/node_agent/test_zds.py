@@ -156,3 +156,27 @@ async def test_bad_hello_is_refused(pair: tuple[socket.socket, socket.socket]) -
 async def test_connect_to_missing_socket(tmp_path: os.PathLike[str]) -> None:
     with pytest.raises(ZdsError, match="is it running"):
         await ZdsConnection.connect(os.path.join(tmp_path, "nope.sock"))
+
+
+async def test_add_tells_the_ztunnel_the_redirection_mode(
+    pair: tuple[socket.socket, socket.socket], tmp_path: os.PathLike[str]
+) -> None:
+    client, server = pair
+    fake = FakeZtunnel(server)
+    fake.hello()
+    fd = os.open(os.path.join(tmp_path, "netns"), os.O_RDWR | os.O_CREAT)
+    try:
+        async with ZdsConnection(client, ack_timeout=2.0, redirection="ebpf") as conn:
+            task = asyncio.create_task(conn.add(workload("u1"), fd))
+            msg, fds = await fake.recv()
+            for f in fds:
+                os.close(f)
+            assert isinstance(msg, zds.AddPod) and msg.redirection == "ebpf"
+            fake.ack(msg.seq)
+            await task
+    finally:
+        os.close(fd)
+    # the wire form round-trips, and an agent that says nothing decodes as None
+    assert zds.decode(zds.encode(zds.AddPod(3, workload(), "ebpf"))) == zds.AddPod(
+        3, workload(), "ebpf")
+    assert zds.decode(zds.encode(zds.AddPod(3, workload()))).redirection is None

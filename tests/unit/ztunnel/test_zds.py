@@ -28,7 +28,9 @@ class FakePods:
     def served(self) -> list[str]:
         return sorted(self.pods)
 
-    async def add(self, workload: Workload, netns_fd: int) -> None:
+    async def add(
+        self, workload: Workload, netns_fd: int, redirection: str = "iptables"
+    ) -> None:
         if self.fail_add:
             os.close(netns_fd)
             raise PodError("listeners failed")

@@ -1,0 +1,37 @@
+/* sk_lookup, attached to each enrolled pod's netns: a new inbound TCP connection to the pod is
+ * handed to the ztunnel's 15008 (HBONE) or 15006 (everything else) listener of that pod.
+ * Let through as is: loopback and the pod's own connections, the node's health-probe source, pods not enrolled, and any port
+ * while the ztunnel has no listener there yet (then the normal lookup decides). */
+#include <uapi/linux/bpf.h>
+#include <linux/in.h>
+#include "lib/helpers.h"
+
+int nm_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+	if (ctx->family != 2 /* AF_INET */ || ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	if (ctx->ingress_ifindex == NM_LOOPBACK_IFINDEX)
+		return SK_PASS;
+	__u32 ip = ctx->local_ip4;
+	__u64 *netns = nm_pod_ips.lookup(&ip);
+	if (!netns)
+		return SK_PASS;
+	__u64 cookie = *netns;
+	struct pod_info *pod = nm_pods.lookup(&cookie);
+	if (!pod)
+		return SK_PASS;
+	/* from the pod itself (to its own IP, over lo): in-pod traffic, as iptables' PREROUTING
+	 * never sees it; ingress_ifindex alone does not tell, local routes report other devices */
+	if (ctx->remote_ip4 == pod->ip || nm_is_loopback(ctx->remote_ip4))
+		return SK_PASS;
+	if ((pod->flags & NM_POD_HOST_PROBE) && ctx->remote_ip4 == pod->host_probe)
+		return SK_PASS;
+	struct listener_key key = {.netns = *netns,
+				   .port = nm_inbound_listener(ctx->local_port)};
+	struct bpf_sock *sk = nm_listeners.lookup(&key);
+	if (!sk)
+		return SK_PASS;
+	long err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return err ? SK_DROP : SK_PASS;
+}
