@@ -60,7 +60,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     metrics = Metrics()
     connlog = ConnLog(metrics)
     view = MeshView()
-    policy = PolicyEngine(view, metrics.registry)
+    policy = PolicyEngine(view, metrics.registry, l7=True)
     executor = NetnsExecutor()
     fetcher = ControllerCertFetcher(config.controller, config.ca_root, config.token_file)
     certs = CertificateStore(fetcher, config.trust_domain)

@@ -32,6 +32,7 @@ from meshapi.policy import Attributes, plaintext_allowed
 from ztunnel.connlog import ConnLog, ConnRecord
 from ztunnel.errors import OriginalDestinationError
 from ztunnel.hbone.server import Accept, ConnectRequest, Reject
+from ztunnel.l7 import L7Splice
 from ztunnel.metrics import ConnLabels, Metrics, destination_labels, workload_name
 from ztunnel.netns import NetnsExecutor, connect_marked, set_rst_on_close
 from ztunnel.outbound import original_dst
@@ -51,6 +52,8 @@ ATTACH_TIMEOUT_SECONDS = 10.0
 class Verdict:
     allowed: bool
     reason: str = ""
+    #: L7 rules apply on this HTTP port: every request is decided (ztunnel.l7)
+    l7: bool = False
 
 
 class InboundHandler:
@@ -99,7 +102,7 @@ class InboundHandler:
         if attrs is None:
             return Verdict(False, f"unparseable address {source_ip!r} or {target[0]!r}")
         decision = self._policy.check(self._pod.workload, attrs, "connection")
-        return Verdict(decision.allowed, decision.reason)
+        return Verdict(decision.allowed, decision.reason, decision.needs_request)
 
     def _reject(self, status: int, reason: str, detail: str) -> Reject:
         self._metrics.refuse("inbound", reason)
@@ -147,7 +150,15 @@ class InboundHandler:
             security_policy="mutual_tls",
         )
         self._connlog.opened(record)
-        splice = Splice(lambda result: self._done(splice, record, result))
+        attrs = self.attributes(request.peer_identity, request.target, request.peer_address[0])
+        splice: Splice
+        if verdict.l7 and self._policy is not None and attrs is not None:
+            splice = L7Splice(lambda result: self._done(splice, record, result),
+                              attributes=attrs,
+                              authorize=self._policy.request_authorizer(pod.workload),
+                              metrics=self._policy.l7_metrics, labels=labels)
+        else:
+            splice = Splice(lambda result: self._done(splice, record, result))
         loop = asyncio.get_running_loop()
         try:
             await loop.create_connection(lambda: splice.upstream, sock=sock)
@@ -156,9 +167,9 @@ class InboundHandler:
             self._connlog.closed(record, result="app_unreachable", response_flags="UF")
             return self._reject(503, "app_unreachable", f"{request.authority}: {exc!r}")
         pod.track(splice)
-        attrs = self.attributes(request.peer_identity, request.target, request.peer_address[0])
         if self._policy is not None and attrs is not None:
-            self._policy.track(splice, pod.workload, attrs, splice.abort)
+            self._policy.track(splice, pod.workload, attrs, splice.abort,
+                               l7=isinstance(splice, L7Splice))
 
         def not_attached() -> None:
             if splice.downstream.transport is None:
@@ -261,7 +272,8 @@ class PlaintextInbound(asyncio.Protocol):
         if self._pod.closing:
             t.abort()
             return
-        self._pod.tasks.spawn(self._open(t, target, attrs), "plaintext-inbound")
+        self._pod.tasks.spawn(self._open(t, target, attrs, decision.needs_request),
+                              "plaintext-inbound")
 
     def _target(self, t: asyncio.Transport) -> tuple[str, int] | None:
         sock = t.get_extra_info("socket")
@@ -288,7 +300,7 @@ class PlaintextInbound(asyncio.Protocol):
         self._transport = None
 
     async def _open(self, t: asyncio.Transport, target: tuple[str, int],
-                    attrs: Attributes) -> None:
+                    attrs: Attributes, l7: bool) -> None:
         pod, policy, connlog, executor = self._pod, self._policy, self._connlog, self._executor
         assert policy is not None and connlog is not None and executor is not None
         peer = t.get_extra_info("peername")
@@ -313,7 +325,11 @@ class PlaintextInbound(asyncio.Protocol):
                            bytes_sent=result.downstream_bytes,
                            bytes_received=result.upstream_bytes)
 
-        splice = Splice(done)
+        splice = (
+            L7Splice(done, attributes=attrs, authorize=policy.request_authorizer(pod.workload),
+                     metrics=policy.l7_metrics, labels=labels)
+            if l7 else Splice(done)
+        )
         try:
             sock = await connect_marked(executor, pod.netns_fd, target, self._connect_timeout)
         except (OSError, TimeoutError) as exc:
@@ -332,7 +348,7 @@ class PlaintextInbound(asyncio.Protocol):
             splice.abort("downstream closed")
             return
         pod.track(splice)
-        policy.track(splice, pod.workload, attrs, splice.abort)
+        policy.track(splice, pod.workload, attrs, splice.abort, l7=l7)
         for chunk in self._early:
             if not splice.downstream.hold(chunk):
                 splice.abort("client sent too much before the app connected")

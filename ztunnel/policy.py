@@ -7,7 +7,9 @@
 * :meth:`PolicyEngine.mtls_mode` resolves PeerAuthentication for a pod port.
 * Inbound connections are tracked with their attributes; when the discovery view changes
   (policies, workloads, services) each one is evaluated again and closed if now denied, so a
-  new policy reaches established L4 connections within one discovery round trip.
+  new policy reaches established L4 connections within one discovery round trip. A plain
+  (L4) connection to a port where L7 rules now apply is closed too: its requests could not be
+  decided one by one.
 
 Invariants: the view is read at decision time (never cached across a change); a tracked
 connection is removed when its splice ends (``untrack``), so the table is bounded by the live
@@ -19,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -34,6 +36,7 @@ from meshapi.policy import (
     is_http_port,
     resolve_mtls,
 )
+from ztunnel.l7 import Authorize, L7Metrics
 from ztunnel.seams import MeshView
 
 log = logging.getLogger("ztunnel.policy")
@@ -60,6 +63,8 @@ class Tracked:
     workload: Workload
     attributes: Attributes
     close: Callable[[str], None]
+    #: requests on it are decided one by one (ztunnel.l7); else it is a plain byte splice
+    l7: bool = False
 
 
 class PolicyEngine:
@@ -76,6 +81,7 @@ class PolicyEngine:
         #: L7 rules fail closed (ALLOW never matches, DENY denies on its L4 part)
         self._l7 = l7
         self.metrics = PolicyMetrics(registry)
+        self.l7_metrics = L7Metrics(registry)
         self._tracked: dict[object, Tracked] = {}
         view.on_change(self._changed)
 
@@ -110,6 +116,20 @@ class PolicyEngine:
         self.record(workload, attributes, decision, stage)
         return decision
 
+    @property
+    def l7(self) -> bool:
+        return self._l7
+
+    def request_authorizer(self, workload: Workload) -> Authorize:
+        """For :class:`ztunnel.l7.L7Splice`: decide each request against the current policies."""
+
+        def authorize(attributes: Attributes) -> tuple[bool, str]:
+            current = self._view.state.workloads.get(workload.key, workload)
+            decision = self.check(current, attributes, "request")
+            return decision.allowed, decision.reason
+
+        return authorize
+
     def record(
         self, workload: Workload, attributes: Attributes, decision: Decision, stage: str
     ) -> None:
@@ -140,8 +160,8 @@ class PolicyEngine:
     # -- established connections -------------------------------------------------------------
 
     def track(self, key: object, workload: Workload, attributes: Attributes,
-              close: Callable[[str], None]) -> None:
-        self._tracked[key] = Tracked(workload, attributes, close)
+              close: Callable[[str], None], *, l7: bool = False) -> None:
+        self._tracked[key] = Tracked(workload, attributes, close, l7)
 
     def untrack(self, key: object) -> None:
         self._tracked.pop(key, None)
@@ -167,8 +187,13 @@ class PolicyEngine:
                 attributes=t.attributes,
                 root_namespace=self._root,
             )
-            if decision.allowed:
+            if decision.allowed and (t.l7 or not decision.needs_request):
                 continue
+            if decision.allowed:
+                # L7 rules now apply to a connection relayed as plain bytes: close it, the
+                # client's next connection is decided request by request
+                decision = replace(decision, allowed=False,
+                                   reason="L7 rules now apply to this port; reconnect")
             self._tracked.pop(key, None)
             self.metrics.closed.inc()
             self.record(workload, t.attributes, decision, "established")

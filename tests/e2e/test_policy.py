@@ -247,3 +247,42 @@ def test_explain_against_the_live_configuration(cluster: Cluster, applied: Appli
     out = cluster.meshctl("policy", "explain", "--from", "default/app", "--to",
                           "server-1:8080").stdout
     assert out.startswith("ALLOW"), out
+
+
+def test_l7_deny_403_while_another_path_on_the_same_connection_is_allowed(
+        cluster: Cluster, applied: Applied) -> None:
+    server = cluster.ip("server-1")
+    applied(authz("deny-admin", "  selector: {matchLabels: {app: server}}\n  action: DENY\n"
+                  "  rules:\n  - to:\n    - operation: {paths: [\"/admin*\"]}\n"))
+
+    def two_on_one_connection() -> list[str]:
+        # curl reuses one connection for both URLs: num_connects is 0 for the second
+        proc = cluster.exec("client", "curl", "-sS", "--max-time", "3", "-o", "/dev/null",
+                            "-o", "/dev/null", "-w", "%{http_code} %{num_connects}\n",
+                            f"http://{server}:8080/admin/x", f"http://{server}:8080/",
+                            check=False)
+        got = proc.stdout.split("\n")[:2]
+        if got != ["403 1", "200 0"]:
+            raise AssertionError(f"{got} {proc.stderr}")
+        return got
+
+    poll("the L7 deny", two_on_one_connection)
+    body = cluster.curl("client", f"http://{server}:8080/admin").stdout
+    assert body == "RBAC: access denied", body
+    metrics = cluster.node_get("node-2", "http://10.77.0.12:15020/metrics")
+    assert 'response_code="403"' in metrics and "istio_requests_total{" in metrics
+    assert "istio_request_duration_milliseconds_bucket{" in metrics
+    out = cluster.meshctl("policy", "explain", "--from", "default/client", "--to",
+                          "server-1:8080", "--path", "/admin/x").stdout
+    assert out.startswith("DENY") and "default/deny-admin" in out, out
+
+
+def test_dry_run_policy_is_counted_not_enforced(cluster: Cluster, applied: Applied) -> None:
+    server = cluster.ip("server-1")
+    applied(authz("deny-all-dry", "  action: DENY\n  rules:\n  - {}\n",
+                  annotations="  annotations: {nodemesh.io/dry-run: \"true\"}\n"))
+    poll("policy in force", lambda: status()["authorizationPolicies"] == 1)
+    assert reachable(cluster, "client", f"http://{server}:8080/")
+    metrics = cluster.node_get("node-2", "http://10.77.0.12:15020/metrics")
+    assert ('nodemesh_ztunnel_policy_decisions_total{policy="default/deny-all-dry",'
+            'result="dry_run_deny"') in metrics, metrics
