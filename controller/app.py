@@ -75,7 +75,7 @@ class Controller:
         self.config = config
         self.metrics = Metrics()
         self.ca = load_ca(config)
-        self.hub = DiscoveryHub(self.metrics)
+        self.hub = DiscoveryHub(self.metrics, root_namespace=config.root_namespace)
         self.tokens = NodeTokens(config.node_tokens_dir, config.poll_interval_seconds)
         self.source = LocalSource(
             config.config_dir,
@@ -83,6 +83,7 @@ class Controller:
             self._on_config,
             self.metrics,
             config.poll_interval_seconds,
+            root_namespace=config.root_namespace,
         )
         self.api_address: HostPort | None = None
         self.metrics_address: HostPort | None = None
@@ -136,7 +137,13 @@ class Controller:
             dt.timedelta(seconds=self.config.workload_cert_ttl_seconds),
             self.ready,
         )
-        ops = Ops(self.hub, self.metrics, self.ready, self.config_errors)
+        ops = Ops(
+            self.hub,
+            self.metrics,
+            self.ready,
+            self.config_errors,
+            lambda: self.source.warnings,
+        )
         runners: list[web.AppRunner] = []
         try:
             ops_runner, self.metrics_address = await self._start_site(

@@ -14,7 +14,7 @@ from controller import app
 from controller import config as c
 from controller.errors import StartupError
 from meshapi.errors import IdentityError
-from meshapi.ids import SpiffeId
+from meshapi.ids import SpiffeId, is_dns_label
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -69,6 +69,12 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "workload certificate lifetime, seconds",
         str(86400),
     )
+    opt(
+        "--root-namespace",
+        c.ENV_ROOT_NAMESPACE,
+        "namespace whose policies apply mesh-wide",
+        "nodemesh-system",
+    )
     opt("--log-level", c.ENV_LOG_LEVEL, "DEBUG, INFO, WARNING", "INFO")
     return p
 
@@ -94,6 +100,8 @@ def parse_config(
         SpiffeId(ns.trust_domain, "default", "default")
     except IdentityError as exc:
         parser.error(f"--trust-domain: {exc}")
+    if not is_dns_label(ns.root_namespace):
+        parser.error(f"--root-namespace: {ns.root_namespace!r} is not a namespace name")
     if (ns.ca_cert is None) != (ns.ca_key is None):
         parser.error("--ca-cert and --ca-key go together")
     if ns.ca_chain is not None and ns.ca_cert is None:
@@ -109,6 +117,7 @@ def parse_config(
         ca_chain=Path(ns.ca_chain) if ns.ca_chain else None,
         api_sans=tuple(ns.api_san if ns.api_san else ns.env_sans),
         trust_domain=ns.trust_domain,
+        root_namespace=ns.root_namespace,
         workload_cert_ttl_seconds=ttl,
         log_level=str(ns.log_level).upper(),
     )

@@ -12,6 +12,7 @@ from typing import Final
 from meshapi.constants import (
     CONTROLLER_API_PORT,
     CONTROLLER_METRICS_PORT,
+    DEFAULT_ROOT_NAMESPACE,
     DEFAULT_TRUST_DOMAIN,
     DEFAULT_WORKLOAD_CERT_TTL_SECONDS,
 )
@@ -29,6 +30,7 @@ ENV_API_SAN: Final = "NODEMESH_CONTROLLER_API_SAN"
 ENV_TRUST_DOMAIN: Final = "NODEMESH_CONTROLLER_TRUST_DOMAIN"
 ENV_WORKLOAD_CERT_TTL: Final = "NODEMESH_CONTROLLER_WORKLOAD_CERT_TTL"
 ENV_LOG_LEVEL: Final = "NODEMESH_CONTROLLER_LOG_LEVEL"
+ENV_ROOT_NAMESPACE: Final = "NODEMESH_CONTROLLER_ROOT_NAMESPACE"
 
 DEFAULT_LISTEN: Final = f"0.0.0.0:{CONTROLLER_API_PORT}"
 DEFAULT_METRICS_LISTEN: Final = f"0.0.0.0:{CONTROLLER_METRICS_PORT}"
@@ -72,6 +74,8 @@ class Config:
     ca_chain: Path | None = None
     api_sans: tuple[str, ...] = ()
     trust_domain: str = DEFAULT_TRUST_DOMAIN
+    #: policies in this namespace apply mesh-wide (sent to nodes in every snapshot)
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
     workload_cert_ttl_seconds: int = DEFAULT_WORKLOAD_CERT_TTL_SECONDS
     #: how often the config dir and the node tokens dir are polled for changes
     poll_interval_seconds: float = 0.25

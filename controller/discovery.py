@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.metrics import Metrics
+from meshapi.constants import DEFAULT_ROOT_NAMESPACE
 from meshapi.discovery import Delta, Heartbeat, Snapshot, diff_to_delta
 from meshapi.ids import NodeName
 from meshapi.model import Service, Workload
@@ -67,8 +68,10 @@ class DiscoveryHub:
         history: int = DEFAULT_HISTORY,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         epoch: str | None = None,
+        root_namespace: str = DEFAULT_ROOT_NAMESPACE,
     ) -> None:
         self.epoch = epoch or secrets.token_hex(8)
+        self.root_namespace = root_namespace
         self.version = 0
         self.workloads: dict[str, Workload] = {}
         self.services: dict[str, Service] = {}
@@ -160,6 +163,7 @@ class DiscoveryHub:
             tuple(s for _, s in sorted(self.services.items())),
             tuple(p for _, p in sorted(self.authorization_policies.items())),
             tuple(p for _, p in sorted(self.peer_authentications.items())),
+            self.root_namespace,
         )
 
     def heartbeat(self) -> bytes:

@@ -29,6 +29,7 @@ from controller.translate import (
     Translation,
     translate,
 )
+from meshapi.constants import DEFAULT_ROOT_NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,10 @@ class LocalSource:
         on_change: Callable[[Translation], None],
         metrics: Metrics,
         poll_interval: float = 0.25,
+        root_namespace: str = DEFAULT_ROOT_NAMESPACE,
     ) -> None:
         self._dir = directory
+        self._root_namespace = root_namespace
         self._trust_domain = trust_domain
         self._on_change = on_change
         self._metrics = metrics
@@ -86,12 +89,17 @@ class LocalSource:
         self._dir_issue: ConfigIssue | None = None
         self._last_good: dict[ObjectKey, Accepted] = {}
         self._errors: tuple[ConfigIssue, ...] = ()
+        self._warnings: tuple[ConfigIssue, ...] = ()
         self._signatures: frozenset[Signature] | None = None
         self.loaded = False
 
     @property
     def errors(self) -> tuple[ConfigIssue, ...]:
         return self._errors
+
+    @property
+    def warnings(self) -> tuple[ConfigIssue, ...]:
+        return self._warnings
 
     def _scan(self) -> dict[str, Signature]:
         sigs: dict[str, Signature] = {}
@@ -151,7 +159,11 @@ class LocalSource:
         if self._dir_issue is not None:
             stale |= {a.source for a in self._last_good.values()}
         result = translate(
-            objects, trust_domain=self._trust_domain, last_good=self._last_good, stale_sources=stale
+            objects,
+            trust_domain=self._trust_domain,
+            last_good=self._last_good,
+            stale_sources=stale,
+            root_namespace=self._root_namespace,
         )
         file_issues = [f.issue for f in self._files.values() if f.issue is not None]
         if self._dir_issue is not None:
@@ -159,6 +171,9 @@ class LocalSource:
         errors = tuple(sorted(set(result.errors) | set(file_issues)))
         self._last_good = result.accepted
         self._report(errors)
+        for warning in sorted(set(result.warnings) - set(self._warnings)):
+            log.warning("event=policy_warning %s", warning)
+        self._warnings = result.warnings
         self.loaded = True
         self._on_change(
             Translation(
@@ -168,6 +183,7 @@ class LocalSource:
                 result.accepted,
                 result.authorization_policies,
                 result.peer_authentications,
+                result.warnings,
             )
         )
 

@@ -195,11 +195,13 @@ class Ops:
         metrics: Metrics,
         is_ready: Callable[[], bool],
         config_errors: Callable[[], Sequence[ConfigIssue]],
+        policy_warnings: Callable[[], Sequence[ConfigIssue]] = tuple,
     ) -> None:
         self.hub = hub
         self.metrics = metrics
         self.is_ready = is_ready
         self.config_errors = config_errors
+        self.policy_warnings = policy_warnings
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -240,6 +242,7 @@ class Ops:
                 "authorizationPolicies": len(self.hub.authorization_policies),
                 "peerAuthentications": len(self.hub.peer_authentications),
                 "configErrors": [e.to_json() for e in self.config_errors()],
+                "policyWarnings": [w.to_json() for w in self.policy_warnings()],
                 "connectedNodes": [
                     {
                         "node": s.node,

@@ -27,6 +27,7 @@ from typing import Any, Final, TypedDict
 
 from meshapi import wire
 from meshapi.constants import (
+    DEFAULT_ROOT_NAMESPACE,
     DEFAULT_TRUST_DOMAIN,
     ENROLLMENT_ENABLED,
     ENROLLMENT_LABEL,
@@ -45,6 +46,7 @@ from meshapi.policy import (
     KIND_PEER_AUTHN,
     AuthorizationPolicy,
     PeerAuthentication,
+    l7_warnings,
 )
 
 # ---- raw objects (the edge) ------------------------------------------------------------------
@@ -430,6 +432,8 @@ class Translation:
     accepted: dict[ObjectKey, Accepted] = field(default_factory=dict)
     authorization_policies: dict[str, AuthorizationPolicy] = field(default_factory=dict)
     peer_authentications: dict[str, PeerAuthentication] = field(default_factory=dict)
+    #: accepted policies with rules that fail closed somewhere (not errors: they stay in force)
+    warnings: tuple[ConfigIssue, ...] = ()
 
 
 def translate(
@@ -438,6 +442,7 @@ def translate(
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     last_good: Mapping[ObjectKey, Accepted] | None = None,
     stale_sources: Iterable[str] = (),
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE,
 ) -> Translation:
     previous: Mapping[ObjectKey, Accepted] = last_good or {}
     issues: list[ConfigIssue] = []
@@ -492,8 +497,21 @@ def translate(
     workloads, services, build_issues = build(accepted.values(), trust_domain)
     issues.extend(build_issues)
     authz, peer_authn = policies(accepted.values())
+    warnings: list[ConfigIssue] = []
+    for key, a in sorted(accepted.items()):
+        if isinstance(a.parsed, AuthzObj):
+            for path, message in l7_warnings(
+                a.parsed.policy, workloads.values(), list(services.values()), root_namespace
+            ):
+                warnings.append(ConfigIssue(a.source, str(key), path, message))
     return Translation(
-        workloads, services, tuple(sorted(set(issues))), accepted, authz, peer_authn
+        workloads,
+        services,
+        tuple(sorted(set(issues))),
+        accepted,
+        authz,
+        peer_authn,
+        tuple(warnings),
     )
 
 

@@ -7,8 +7,9 @@ Transport (owned by the controller and the node components, not by this module):
 Messages:
 
 * ``{"type": "snapshot", "epoch": E, "version": V, "workloads": [...], "services": [...],
-  "authorizationPolicies": [...], "peerAuthentications": [...]}`` replaces everything the node
-  knew (the two policy lists may be absent: empty).
+  "authorizationPolicies": [...], "peerAuthentications": [...], "rootNamespace": NS}``
+  replaces everything the node knew (the policy lists may be absent: empty; ``rootNamespace``
+  absent: ``nodemesh-system``).
 * ``{"type": "delta", "epoch": E, "version": V, "upsert": {"workloads": [...], "services":
   [...], "authorizationPolicies": [...], "peerAuthentications": [...]}, "remove": {"workloads":
   [uid...], "services": ["ns/name"...], "authorizationPolicies": ["ns/name"...],
@@ -32,8 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from meshapi import wire
+from meshapi.constants import DEFAULT_ROOT_NAMESPACE
 from meshapi.errors import WireError
-from meshapi.ids import ServiceKey
+from meshapi.ids import ServiceKey, is_dns_label
 from meshapi.model import Service, Workload
 from meshapi.policy import AuthorizationPolicy, PeerAuthentication
 
@@ -53,6 +55,8 @@ class Snapshot:
     services: tuple[Service, ...]
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     peer_authentications: tuple[PeerAuthentication, ...] = ()
+    #: policies in this namespace apply mesh-wide (fixed per controller process, so per epoch)
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
     type: Literal["snapshot"] = "snapshot"
 
     def to_wire(self) -> dict[str, Any]:
@@ -64,6 +68,7 @@ class Snapshot:
             "services": [s.to_wire() for s in self.services],
             "authorizationPolicies": [p.to_wire() for p in self.authorization_policies],
             "peerAuthentications": [p.to_wire() for p in self.peer_authentications],
+            "rootNamespace": self.root_namespace,
         }
 
 
@@ -134,6 +139,7 @@ def decode(value: object) -> Message:
             peer_authentications=_peer_authn(
                 obj.get("peerAuthentications", []), "peerAuthentications"
             ),
+            root_namespace=_root_namespace(obj),
         )
     if kind == "delta":
         upsert = wire.as_mapping(obj.get("upsert", {}), "upsert")
@@ -205,6 +211,13 @@ def _peer_authn(value: object, path: str) -> tuple[PeerAuthentication, ...]:
     return tuple(PeerAuthentication.from_wire(p, wire.join(path, i)) for i, p in enumerate(items))
 
 
+def _root_namespace(obj: Mapping[str, Any]) -> str:
+    value = wire.opt_str(obj, "rootNamespace", "", DEFAULT_ROOT_NAMESPACE)
+    if not is_dns_label(value):
+        raise WireError("rootNamespace", f"{value!r} is not a namespace name")
+    return value
+
+
 def _strings(value: object, path: str) -> tuple[str, ...]:
     items = wire.as_list(value, path)
     for i, item in enumerate(items):
@@ -239,6 +252,7 @@ class DiscoveryState:
     services: dict[str, Service] = field(default_factory=dict)
     authorization_policies: dict[str, AuthorizationPolicy] = field(default_factory=dict)
     peer_authentications: dict[str, PeerAuthentication] = field(default_factory=dict)
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
 
     def resume_params(self) -> Mapping[str, str]:
         if not self.synced:
@@ -272,6 +286,7 @@ class DiscoveryState:
             self.services = {s.key: s for s in message.services}
             self.authorization_policies = {p.key: p for p in message.authorization_policies}
             self.peer_authentications = {p.key: p for p in message.peer_authentications}
+            self.root_namespace = message.root_namespace
             self.epoch, self.version, self.synced = message.epoch, message.version, True
             return Change(
                 workloads=_diff(before_w, self.workloads),

@@ -40,7 +40,7 @@ from meshapi import wire
 from meshapi.constants import DEFAULT_ROOT_NAMESPACE
 from meshapi.errors import IdentityError, WireError
 from meshapi.ids import PodUid, SpiffeId, is_dns_label
-from meshapi.model import Service
+from meshapi.model import Service, Workload
 
 DRY_RUN_ANNOTATION: Final = "nodemesh.io/dry-run"
 API_VERSION: Final = "security.nodemesh.io/v1"
@@ -784,6 +784,60 @@ def is_http_port(services: Iterable[Service], workload: PodUid, port: int) -> bo
         ):
             return True
     return False
+
+
+def l7_warnings(
+    policy: AuthorizationPolicy,
+    workloads: Iterable[Workload],
+    services: Sequence[Service],
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+) -> list[tuple[str, str]]:
+    """Rules whose L7 attributes cannot apply on some port of a workload they select, as
+    ``(field path, message)``: the fail-closed cases of the module docstring, reported on the
+    policy. The ports are those the rule names, else the workload's Service target ports."""
+    if policy.action is Action.AUDIT:
+        return []
+    selected = [
+        w
+        for w in workloads
+        if w.enrolled and policy.applies_to(w.namespace, w.label_map, root_namespace)
+    ]
+    out: list[tuple[str, str]] = []
+    for i, rule in enumerate(policy.rules):
+        if not rule.is_l7:
+            continue
+        named = {p for o in rule.operations for p in (o.ports or ())}
+        bad: list[str] = []
+        for w in sorted(selected, key=lambda w: (w.namespace, w.name)):
+            ports = named or {
+                p.target_port
+                for svc in services
+                if any(e.uid == w.uid for e in svc.endpoints)
+                for p in svc.ports
+            }
+            bad += [
+                f"{w.namespace}/{w.name}:{p}"
+                for p in sorted(ports)
+                if not is_http_port(services, w.uid, p)
+            ]
+        if not bad:
+            continue
+        j = next((j for j, o in enumerate(rule.operations) if o.is_l7), None)
+        path = f"spec.rules[{i}]" + (f".to[{j}].operation" if j is not None else ".when")
+        effect = (
+            "never matches there (fail closed)"
+            if policy.action is Action.ALLOW
+            else "denies there on its L4 part (fail closed)"
+        )
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        out.append(
+            (
+                path,
+                f"warning: L7 attributes cannot apply on non-HTTP port(s) {shown}; "
+                f"the {policy.action.value} rule {effect}",
+            )
+        )
+    return out
 
 
 def has_l7_rules(

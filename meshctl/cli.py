@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     pv = psub.add_parser("validate", help="check policy (and other) YAML the way the controller "
                                           "does; lists every error with file, line, field")
     pv.add_argument("files", nargs="+", metavar="FILE")
+    pv.add_argument("--live", action="store_true",
+                    help="also check L7 attributes against the ports of the live workloads")
+    pv.add_argument("--controller", default=None, metavar="URL",
+                    help="controller ops endpoint for --live (default http://10.77.0.1:15014)")
     pv.set_defaults(func=_policy_validate)
     pe = psub.add_parser("explain", help="allow or deny, and why, against the live config")
     pe.add_argument("--from", dest="source", required=True,
@@ -208,7 +212,9 @@ def _delete(args: argparse.Namespace) -> int:
 def _policy_validate(args: argparse.Namespace) -> int:
     from meshctl import policy
 
-    problems = policy.validate(args.files)
+    live = (policy.fetch_config(args.controller or policy.DEFAULT_CONTROLLER)
+            if args.live else None)
+    problems = policy.validate(args.files, live)
     for p in problems:
         print(p, file=sys.stderr)
     if problems:

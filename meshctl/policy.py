@@ -26,11 +26,18 @@ import yaml
 
 from controller import translate
 from meshapi import discovery
-from meshapi.constants import CONTROLLER_METRICS_PORT, DEFAULT_ROOT_NAMESPACE
+from meshapi.constants import CONTROLLER_METRICS_PORT
 from meshapi.errors import IdentityError, MeshApiError
 from meshapi.ids import SpiffeId
 from meshapi.model import Workload
-from meshapi.policy import Attributes, Decision, HttpRequest, evaluate, is_http_port
+from meshapi.policy import (
+    Attributes,
+    Decision,
+    HttpRequest,
+    evaluate,
+    is_http_port,
+    l7_warnings,
+)
 from meshctl.errors import MeshctlError
 
 DEFAULT_CONTROLLER = f"http://10.77.0.1:{CONTROLLER_METRICS_PORT}"
@@ -76,7 +83,11 @@ def field_line(node: yaml.Node | None, path: str) -> int | None:
     return line
 
 
-def validate_text(text: str, source: str) -> list[Problem]:
+def validate_text(
+    text: str, source: str, live: discovery.Snapshot | None = None
+) -> list[Problem]:
+    """Every invalid object of ``text``; with ``live`` (the configuration in force), also every
+    L7 attribute that cannot apply on the ports of the workloads a policy selects."""
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
         docs = list(yaml.safe_load_all(text))
@@ -89,15 +100,22 @@ def validate_text(text: str, source: str) -> list[Problem]:
         if doc is None:
             continue
         try:
-            translate.parse_object(translate.SourceObject(source, index, doc))
+            parsed = translate.parse_object(translate.SourceObject(source, index, doc))
         except translate.ObjectError as exc:
             issue = exc.issue
             problems.append(Problem(source, field_line(node, issue.field), issue.object,
                                     issue.field, issue.message))
+            continue
+        if live is not None and isinstance(parsed, translate.AuthzObj):
+            for path, message in l7_warnings(
+                parsed.policy, live.workloads, live.services, live.root_namespace
+            ):
+                problems.append(Problem(source, field_line(node, path), str(parsed.key), path,
+                                        message.removeprefix("warning: ")))
     return problems
 
 
-def validate(paths: Sequence[str]) -> list[Problem]:
+def validate(paths: Sequence[str], live: discovery.Snapshot | None = None) -> list[Problem]:
     problems: list[Problem] = []
     for path in paths:
         try:
@@ -105,7 +123,7 @@ def validate(paths: Sequence[str]) -> list[Problem]:
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(Problem(path, None, "", "", f"cannot read: {exc}"))
             continue
-        problems.extend(validate_text(text, path))
+        problems.extend(validate_text(text, path, live))
     return problems
 
 
@@ -157,8 +175,9 @@ def explain(
     path: str | None = None,
     headers: Sequence[str] = (),
     trust_domain: str = "cluster.local",
-    root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+    root_namespace: str | None = None,
 ) -> Explained:
+    root = snapshot.root_namespace if root_namespace is None else root_namespace
     pod_name, _, port_text = to.partition(":")
     target = _find_pod(snapshot, pod_name)
     services = snapshot.services
@@ -203,7 +222,7 @@ def explain(
         request = HttpRequest(method or "GET", path or "/", host, tuple(pairs))
     attrs = Attributes(src_ip, target.ip, port, peer=peer, http_port=http, request=request)
     decision = evaluate(snapshot.authorization_policies, namespace=target.namespace,
-                        labels=target.label_map, attributes=attrs, root_namespace=root_namespace)
+                        labels=target.label_map, attributes=attrs, root_namespace=root)
     return Explained(target, port, attrs, decision)
 
 

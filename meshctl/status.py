@@ -38,6 +38,13 @@ def render(controller: Mapping[str, Any], agents: Sequence[Mapping[str, Any]]) -
         if isinstance(e, Mapping):
             parts = [str(e.get(k) or "") for k in ("file", "object", "field")]
             lines.append("  " + ": ".join(p for p in parts if p) + f": {e.get('message')}")
+    warnings = controller.get("policyWarnings") or []
+    if warnings:
+        lines.append(f"policy warnings: {len(warnings)}")
+    for w in warnings:
+        if isinstance(w, Mapping):
+            parts = [str(w.get(k) or "") for k in ("file", "object", "field")]
+            lines.append("  " + ": ".join(p for p in parts if p) + f": {w.get('message')}")
     nodes = controller.get("connectedNodes") or []
     lines.append("connected nodes: " + (", ".join(
         str(n.get("node")) for n in nodes if isinstance(n, Mapping)) or "none"))

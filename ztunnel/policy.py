@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 
 from prometheus_client import CollectorRegistry, Counter
 
-from meshapi.constants import DEFAULT_ROOT_NAMESPACE
 from meshapi.discovery import Change
 from meshapi.model import Workload
 from meshapi.policy import (
@@ -72,11 +71,9 @@ class PolicyEngine:
         self,
         view: MeshView,
         registry: CollectorRegistry,
-        root_namespace: str = DEFAULT_ROOT_NAMESPACE,
         l7: bool = False,
     ) -> None:
         self._view = view
-        self._root = root_namespace
         #: whether this ztunnel parses HTTP on HTTP ports; without it every port is L4 and
         #: L7 rules fail closed (ALLOW never matches, DENY denies on its L4 part)
         self._l7 = l7
@@ -101,7 +98,7 @@ class PolicyEngine:
             namespace=workload.namespace,
             labels=workload.label_map,
             port=port,
-            root_namespace=self._root,
+            root_namespace=self._view.state.root_namespace,
         )
 
     def check(self, workload: Workload, attributes: Attributes, stage: str) -> Decision:
@@ -111,7 +108,7 @@ class PolicyEngine:
             namespace=workload.namespace,
             labels=workload.label_map,
             attributes=attributes,
-            root_namespace=self._root,
+            root_namespace=self._view.state.root_namespace,
         )
         self.record(workload, attributes, decision, stage)
         return decision
@@ -185,7 +182,7 @@ class PolicyEngine:
                 namespace=workload.namespace,
                 labels=workload.label_map,
                 attributes=t.attributes,
-                root_namespace=self._root,
+                root_namespace=self._view.state.root_namespace,
             )
             if decision.allowed and (t.l7 or not decision.needs_request):
                 continue

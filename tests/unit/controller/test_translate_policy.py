@@ -89,3 +89,44 @@ def test_discovery_carries_policies() -> None:
     assert delta is not None and delta.remove_authorization_policies == ("default/deny-admin",)
     change = state.apply_line(json.dumps(delta.to_wire()).encode())[1]
     assert change.policies == {"default/deny-admin"} and not state.authorization_policies
+
+
+def test_l7_rules_on_non_http_ports_are_reported_as_warnings() -> None:
+    from .helpers import namespace, pod, service
+
+    objects = [
+        namespace("default", {"nodemesh.io/dataplane-mode": "enabled"}),
+        pod(),
+        service(ports=[{"port": 5432, "targetPort": 5432, "name": "tcp-db"},
+                       {"port": 80, "targetPort": 8080, "name": "http"}]),
+        authz({"action": "ALLOW", "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]},
+              name="allow-get"),
+        authz({"action": "DENY", "rules": [{"to": [{"operation": {"ports": ["8080"],
+                                                                   "paths": ["/a"]}}]}]},
+              name="deny-http-only"),
+    ]
+    t = translate([SourceObject("p.yaml", i, o) for i, o in enumerate(objects)])
+    assert t.errors == ()
+    assert [(w.object, w.field) for w in t.warnings] == [
+        ("AuthorizationPolicy default/allow-get", "spec.rules[0].to[0].operation")]
+    assert "5432" in t.warnings[0].message and "never matches" in t.warnings[0].message
+    assert "default/allow-get" in t.authorization_policies  # a warning keeps the policy
+
+
+def test_root_namespace_is_configurable_and_reaches_nodes() -> None:
+    import json
+
+    from controller.cli import parse_config
+    from controller.discovery import DiscoveryHub
+    from controller.metrics import Metrics
+
+    config = parse_config(["--config-dir", "c", "--state-dir", "s", "--node-tokens-dir", "t",
+                           "--root-namespace", "mesh-root"], env={})
+    assert config.root_namespace == "mesh-root"
+    hub = DiscoveryHub(Metrics(), root_namespace=config.root_namespace)
+    state = DiscoveryState()
+    state.apply_line(json.dumps(hub.snapshot().to_wire()).encode())
+    assert state.root_namespace == "mesh-root"
+    with pytest.raises(SystemExit):
+        parse_config(["--config-dir", "c", "--state-dir", "s", "--node-tokens-dir", "t",
+                      "--root-namespace", "Not_A_Label"], env={})

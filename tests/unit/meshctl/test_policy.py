@@ -110,3 +110,24 @@ def test_explain_uses_the_ztunnel_evaluation() -> None:
     assert "DENY" in policy.render(e) and "rules[0]" in policy.render(e)
     e = policy.explain(snap, source="10.78.1.2", to="default/server-1:8080", path="/ok")
     assert e.decision.allowed and e.attributes.principal == "cluster.local/ns/default/sa/client"
+
+
+def test_validate_live_reports_l7_fields_that_cannot_apply(tmp_path: Path) -> None:
+    text = """\
+apiVersion: security.nodemesh.io/v1
+kind: AuthorizationPolicy
+metadata: {name: get-only, namespace: default}
+spec:
+  selector: {matchLabels: {app: server}}
+  rules:
+  - to:
+    - operation:
+        ports: ["9000"]
+        methods: [GET]
+"""
+    f = tmp_path / "p.yaml"
+    f.write_text(text)
+    assert policy.validate([str(f)]) == []
+    (p,) = policy.validate([str(f)], _snapshot())
+    assert (p.line, p.field) == (8, "spec.rules[0].to[0].operation")
+    assert "non-HTTP port(s) default/server-1:9000" in p.message
