@@ -12,6 +12,7 @@ discovery snapshot in meshapi wire JSON).
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 import re
@@ -99,12 +100,11 @@ def validate_text(
     for index, (node, doc) in enumerate(zip(nodes, docs, strict=True)):
         if doc is None:
             continue
-        try:
-            parsed = translate.parse_object(translate.SourceObject(source, index, doc))
-        except translate.ObjectError as exc:
-            issue = exc.issue
-            problems.append(Problem(source, field_line(node, issue.field), issue.object,
-                                    issue.field, issue.message))
+        parsed, errors = _parse_collecting(source, index, doc)
+        found = [Problem(source, field_line(node, issue.field), issue.object, issue.field,
+                         issue.message) for issue in errors]
+        problems.extend(sorted(found, key=lambda p: p.line or 0))
+        if parsed is None:
             continue
         if live is not None and isinstance(parsed, translate.AuthzObj):
             for path, message in l7_warnings(
@@ -113,6 +113,58 @@ def validate_text(
                 problems.append(Problem(source, field_line(node, path), str(parsed.key), path,
                                         message.removeprefix("warning: ")))
     return problems
+
+
+#: bound on the errors reported for one object
+MAX_ERRORS_PER_OBJECT = 50
+
+
+def _parse_collecting(
+    source: str, index: int, doc: object
+) -> tuple[translate.Parsed | None, list[translate.ConfigIssue]]:
+    """The parser stops at an object's first error; to report every one, the offending field
+    is removed from a copy and the object parsed again, until it passes or an error cannot be
+    removed (its path is a whole required field, or repeats)."""
+    body = copy.deepcopy(doc)
+    errors: list[translate.ConfigIssue] = []
+    seen: set[str] = set()
+    while len(errors) < MAX_ERRORS_PER_OBJECT:
+        try:
+            parsed = translate.parse_object(translate.SourceObject(source, index, body))
+        except translate.ObjectError as exc:
+            issue = exc.issue
+            errors.append(issue)
+            if not issue.field or issue.field in seen or not _remove(body, issue.field):
+                return None, errors
+            seen.add(issue.field)
+            continue
+        return (parsed if not errors else None), errors
+    return None, errors
+
+
+def _remove(body: object, path: str) -> bool:
+    """Delete the value at ``path`` (``a.b[0].c``) in place; False if there is none."""
+    keys = [m.group(1) if m.group(1) is not None else m.group(2) for m in _TOKEN.finditer(path)]
+    chain: list[Any] = [body]
+    for key in keys[:-1]:
+        cur = chain[-1]
+        if isinstance(cur, dict) and key in cur:
+            chain.append(cur[key])
+        elif isinstance(cur, list) and key.isdigit() and int(key) < len(cur):
+            chain.append(cur[int(key)])
+        else:
+            return False
+    cur, last = chain[-1], (keys[-1] if keys else "")
+    if isinstance(cur, dict) and last in cur and last not in ("apiVersion", "kind", "metadata"):
+        del cur[last]
+    elif isinstance(cur, list) and last.isdigit() and int(last) < len(cur):
+        del cur[int(last)]
+        if not cur and len(chain) >= 2 and isinstance(chain[-2], dict):
+            # an emptied list is an error of its own ("must not be empty"): drop it too
+            chain[-2].pop(keys[-2], None)
+    else:
+        return False
+    return True
 
 
 def validate(paths: Sequence[str], live: discovery.Snapshot | None = None) -> list[Problem]:

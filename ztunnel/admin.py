@@ -27,6 +27,13 @@ def config_dump(
         "node": node,
         "workloads": [state.workloads[k].to_wire() for k in sorted(state.workloads)],
         "services": [state.services[k].to_wire() for k in sorted(state.services)],
+        "authorizationPolicies": [
+            state.authorization_policies[k].to_wire() for k in sorted(state.authorization_policies)
+        ],
+        "peerAuthentications": [
+            state.peer_authentications[k].to_wire() for k in sorted(state.peer_authentications)
+        ],
+        "rootNamespace": state.root_namespace,
         "pods": [
             {
                 "uid": str(p.workload.uid),

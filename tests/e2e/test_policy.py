@@ -241,6 +241,9 @@ def test_explain_against_the_live_configuration(cluster: Cluster, applied: Appli
     applied(authz("deny-client", "  action: DENY\n  rules:\n  - from:\n"
                   f"    - source: {{principals: [\"{CLIENT}\"]}}\n"))
     poll("policy in force", lambda: status()["authorizationPolicies"] == 1)
+    dump = poll("the policy on node-2", lambda: cluster.admin("node-2", "/config_dump")
+                ["authorizationPolicies"])
+    assert dump[0]["name"] == "deny-client" and dump[0]["spec"]["rules"], dump
     out = cluster.meshctl("policy", "explain", "--from", "default/client", "--to",
                           "server-1:8080").stdout
     assert out.startswith("DENY") and "default/deny-client" in out and "rules[0]" in out, out
@@ -286,3 +289,12 @@ def test_dry_run_policy_is_counted_not_enforced(cluster: Cluster, applied: Appli
     metrics = cluster.node_get("node-2", "http://10.77.0.12:15020/metrics")
     assert ('nodemesh_ztunnel_policy_decisions_total{policy="default/deny-all-dry",'
             'result="dry_run_deny"') in metrics, metrics
+
+
+def test_root_namespace_policy_applies_mesh_wide(cluster: Cluster, applied: Applied) -> None:
+    url = f"http://{cluster.ip('server-2')}:8080/"
+    applied(authz("mesh-deny-client", "  action: DENY\n  rules:\n  - from:\n"
+                  f"    - source: {{principals: [\"{CLIENT}\"]}}\n", ns="nodemesh-system"))
+    poll("the client denied by the mesh-wide policy",
+         lambda: not reachable(cluster, "client", url))
+    assert reachable(cluster, "app-node-2-1", url)

@@ -131,3 +131,30 @@ spec:
     (p,) = policy.validate([str(f)], _snapshot())
     assert (p.line, p.field) == (8, "spec.rules[0].to[0].operation")
     assert "non-HTTP port(s) default/server-1:9000" in p.message
+
+
+def test_validate_reports_every_error_of_one_object(tmp_path: Path) -> None:
+    text = """\
+apiVersion: security.nodemesh.io/v1
+kind: AuthorizationPolicy
+metadata: {name: many, namespace: default}
+spec:
+  action: BLOCK
+  rules:
+  - from:
+    - source:
+        ipBlocks: ["1.2.3.4/40"]
+        principals: ["bob"]
+    to:
+    - operation:
+        verbs: [GET]
+"""
+    f = tmp_path / "p.yaml"
+    f.write_text(text)
+    got = [(p.line, p.field) for p in policy.validate([str(f)])]
+    assert got == [
+        (5, "spec.action"),
+        (9, "spec.rules[0].from[0].source.ipBlocks[0]"),
+        (10, "spec.rules[0].from[0].source.principals[0]"),
+        (13, "spec.rules[0].to[0].operation.verbs"),
+    ]
