@@ -149,14 +149,16 @@ def test_policy_applied_under_traffic_takes_effect_within_a_second(
     proc = _loop_client(cluster, url, 6.0)
     try:
         time.sleep(2.0)
-        applied_at = time.time()
+        started_apply = time.time()
         applied(authz("deny-all", "  action: DENY\n  rules:\n  - {}\n"))
+        # the change exists once `meshctl apply` has written it to the watched directory
+        applied_at = time.time()
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     results = [(float(t), r) for t, r in (ln.split() for ln in out.splitlines() if ln.strip())]
-    before = [r for t, r in results if t < applied_at - 0.5]
+    before = [r for t, r in results if t < started_apply - 0.5]
     assert before and all(r == "ok" for r in before), results
     after = [(t, r) for t, r in results if t > applied_at + 1.0]
     assert after and all(r == "fail" for _, r in after), (applied_at, results, err)
