@@ -1,7 +1,9 @@
 /* sk_lookup, attached to each enrolled pod's netns: a new inbound TCP connection to the pod is
  * handed to the ztunnel's 15008 (HBONE) or 15006 (everything else) listener of that pod.
- * Let through as is: loopback and the pod's own connections, the node's health-probe source, pods not enrolled, and any port
- * while the ztunnel has no listener there yet (then the normal lookup decides). */
+ * Let through as is: loopback and the pod's own connections, the node's health-probe source and
+ * pods not enrolled. While the ztunnel has no listener for an enrolled pod (before it acked the
+ * pod, while it restarts) the connection is refused, as iptables' REDIRECT to a closed 15006
+ * would: it never reaches the app around the mesh. */
 #include <uapi/linux/bpf.h>
 #include <linux/in.h>
 #include "lib/helpers.h"
@@ -30,7 +32,7 @@ int nm_sk_lookup(struct bpf_sk_lookup *ctx)
 				   .port = nm_inbound_listener(ctx->local_port)};
 	struct bpf_sock *sk = nm_listeners.lookup(&key);
 	if (!sk)
-		return SK_PASS;
+		return SK_DROP;
 	long err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	return err ? SK_DROP : SK_PASS;

@@ -34,7 +34,7 @@ def _iptables(config: Config) -> Redirector:
     from node_agent.redirect.iptables import IptablesRedirector
 
     # a node switched from eBPF to iptables: its programs must not capture on top of the rules
-    if ebpf.teardown(config.node):
+    if ebpf.teardown(config.node, config.bpf_pin_root or ebpf.PIN_ROOT):
         log.info("removed the eBPF state of node %s (now in iptables mode)", config.node)
     return IptablesRedirector()
 
@@ -57,7 +57,9 @@ def choose_redirector(config: Config) -> tuple[Redirector, str]:
         why = ebpf.probe(cgroup) or ""
     if not why:
         try:
-            redirector = ebpf.EbpfRedirector.start(config.node, cgroup, config.bpf_dir)
+            redirector = ebpf.EbpfRedirector.start(
+                config.node, cgroup, config.bpf_dir, config.bpf_pin_root or ebpf.PIN_ROOT
+            )
         except AgentError as exc:
             why = f"the eBPF programs did not load: {exc}"
         else:
@@ -74,6 +76,8 @@ def status_doc(
         "node": config.node,
         "redirectMode": mode,
         "redirectModeReason": reason,
+        "mode": mode,  # the names docs/CONTRACTS.md first gave them (read by `meshctl status`)
+        "modeReason": reason,
         "updated": time.time(),
         "ztunnel": {"connected": agent.ztunnel_connected, "lastError": agent.ztunnel_error},
         "discovery": {

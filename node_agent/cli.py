@@ -32,6 +32,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--cgroup", c.ENV_CGROUP,
         "eBPF mode: cgroup v2 directory holding this node's pods and ztunnel (default: the root)")
     add("--bpf-dir", c.ENV_BPF_DIR, "eBPF mode: directory of the BPF C programs (default: bpf/)")
+    add("--bpf-pin-root", c.ENV_BPF_PIN_ROOT,
+        "eBPF mode: pins go under DIR/<node>/ (default /sys/fs/bpf/nodemesh)")
     add("--host-probe-ip", c.ENV_HOST_PROBE_IP, "source IP of health probes, not captured")
     add("--status-file", c.ENV_STATUS_FILE, "write per-pod redirection state here as JSON")
     add("--log-level", c.ENV_LOG_LEVEL, "DEBUG, INFO, WARNING, ERROR", "INFO")
@@ -75,6 +77,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> c.Config:
         log_level=level,
         cgroup=Path(ns.cgroup) if ns.cgroup else None,
         bpf_dir=Path(ns.bpf_dir) if ns.bpf_dir else None,
+        bpf_pin_root=Path(ns.bpf_pin_root) if ns.bpf_pin_root else None,
     )
 
 

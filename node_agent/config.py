@@ -18,6 +18,7 @@ ENV_STATUS_FILE: Final = "NODEMESH_AGENT_STATUS_FILE"
 ENV_LOG_LEVEL: Final = "NODEMESH_LOG_LEVEL"
 ENV_CGROUP: Final = "NODEMESH_CGROUP"
 ENV_BPF_DIR: Final = "NODEMESH_BPF_DIR"
+ENV_BPF_PIN_ROOT: Final = "NODEMESH_BPF_PIN_ROOT"
 
 REDIRECT_MODES: Final = ("auto", "ebpf", "iptables")
 
@@ -37,3 +38,5 @@ class Config:
     cgroup: Path | None = None
     #: eBPF mode: the program sources (None: the ``bpf/`` next to the package)
     bpf_dir: Path | None = None
+    #: eBPF mode: pins go to ``<bpf_pin_root>/<node>/`` (None: /sys/fs/bpf/nodemesh)
+    bpf_pin_root: Path | None = None

@@ -26,8 +26,9 @@ for tier in "${tiers[@]}"; do
       run_pytest unit -q || failed+=(unit) ;;
     netns|e2e)
       if [[ $(id -u) != 0 ]]; then echo "test.sh: tier '$tier' needs root" >&2; failed+=("$tier"); continue; fi
-      # a crashed earlier run may have left a local cluster behind; tests need the names free
-      .venv/bin/meshctl local down >/dev/null 2>&1 || true
+      # a crashed earlier run may have left a local cluster behind; tests need the names free.
+      # Under the cluster lock: another run's e2e session (or a benchmark) may own the cluster now
+      flock /run/lock/nodemesh-local-cluster.lock .venv/bin/meshctl local down >/dev/null 2>&1 || true
       run_pytest "$tier" -q --timeout=600 || failed+=("$tier") ;;
     *) echo "test.sh: unknown tier '$tier'" >&2; failed+=("$tier") ;;
   esac
