@@ -1,7 +1,8 @@
 """Benchmark harness: the data path between ``client`` (node-1) and ``server-1`` (node-2) of the
 default local cluster, once without the mesh (namespace ``default`` unenrolled) and once through it
-(enrolled) in each redirection mode (iptables, eBPF), in one run, on the same topology and the same
-network. Writes ``bench/RESULTS.md``.
+(enrolled) in each redirection mode (iptables, eBPF; eBPF without and with the sockmap acceleration
+of the in-pod app <-> ztunnel hop, ``--ebpf-sockmap``), in one run, on the same topology and the
+same network. Writes ``bench/RESULTS.md``.
 
 Enrollment latency, per mode: ``--enroll-pods`` extra pods (half per node) are opted out, then
 enrolled one at a time by writing the pod's object back; for each, the agent reports how long it
@@ -22,6 +23,7 @@ import argparse
 import datetime
 import fcntl
 import json
+import math
 import os
 import platform
 import re
@@ -46,6 +48,8 @@ CLIENT_POD = "client"
 IPERF_PORT = 5201
 APP_PORT = 8080
 CLUSTER_LOCK = "/run/lock/nodemesh-local-cluster.lock"
+#: the column of the eBPF mode with the agents' --ebpf-sockmap
+SOCKMAP = "ebpf+sockmap"
 
 
 def run(argv: list[str], *, timeout: float = 120, check: bool = True) -> str:
@@ -58,12 +62,12 @@ def run(argv: list[str], *, timeout: float = 120, check: bool = True) -> str:
     return proc.stdout
 
 
-def meshctl(*args: str, timeout: float = 300) -> str:
-    return run([*MESHCTL, *args], timeout=timeout)
+def meshctl(*args: str, timeout: float = 300, check: bool = True) -> str:
+    return run([*MESHCTL, *args], timeout=timeout, check=check)
 
 
-def pod_exec(pod: str, *argv: str, timeout: float = 120) -> str:
-    return meshctl("local", "exec", pod, "--", *argv, timeout=timeout)
+def pod_exec(pod: str, *argv: str, timeout: float = 120, check: bool = True) -> str:
+    return meshctl("local", "exec", pod, "--", *argv, timeout=timeout, check=check)
 
 
 def pods() -> dict[str, dict[str, object]]:
@@ -188,10 +192,18 @@ class Figures:
 
 
 def iperf(server_ip: str, seconds: int) -> float:
+    """Gbit/s, or NaN (with iperf3's error on stderr) when the transfer failed: a failure is a
+    result to report, not a reason to lose the other figures."""
     out = pod_exec(CLIENT_POD, "iperf3", "-c", server_ip, "-p", str(IPERF_PORT), "-t",
-                   str(seconds), "-J", timeout=seconds + 60)
-    data = json.loads(out)
-    return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+                   str(seconds), "-J", timeout=seconds + 60, check=False)
+    data: Any = None
+    try:
+        data = json.loads(out)
+        return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+    except (ValueError, KeyError, TypeError):
+        error = data.get("error") if isinstance(data, dict) else None
+        print(f"  iperf3 failed: {error or out[-300:]}", file=sys.stderr)
+        return math.nan
 
 
 _UNITS = {"us": 1.0, "ms": 1000.0, "s": 1e6}
@@ -231,8 +243,11 @@ def measure(server_ip: str, seconds: int, repeat: int) -> Figures:
         p50_50, p99_50, rps_50 = wrk(url, 50, seconds)
         _, _, cps = wrk(url, 1, seconds, close=True)
         samples.append(Figures(tput, p50_1, p99_1, rps_1, p50_50, p99_50, rps_50, cps))
-    med = statistics.median
-    return Figures(*(med(getattr(s, f) for s in samples) for f in Figures.__dataclass_fields__))
+    def med(values: list[float]) -> float:
+        ok = [v for v in values if not math.isnan(v)]
+        return statistics.median(ok) if len(ok) == len(values) else math.nan
+
+    return Figures(*(med([getattr(s, f) for s in samples]) for f in Figures.__dataclass_fields__))
 
 
 ROWS = [
@@ -262,20 +277,28 @@ def render(direct: Figures, mesh: dict[str, Figures], enroll: dict[str, Enrollme
         f"{args.seconds} s per measurement, median of {args.repeat} runs",
         "- direct: namespace `default` unenrolled (no redirection, plain TCP over the same "
         "veths and bridges); mesh: enrolled (client → ztunnel node-1 → HBONE/mTLS → ztunnel "
-        "node-2 → server), with the node agents in each redirection mode (`--redirect-mode`)",
+        "node-2 → server), with the node agents in each redirection mode (`--redirect-mode`); "
+        f"`{SOCKMAP}`: eBPF mode with `--ebpf-sockmap` (the in-pod hop between an app and its "
+        "ztunnel, both ends on one sockhash, carried by sk_msg instead of TCP/IP)",
         "- both pods run with `net.ipv4.tcp_tw_reuse=1` and ports 1024-65000 (load-test "
         "tuning, so new-connection rates are not capped by TIME_WAIT)",
         "- the sample app is a one-process asyncio (uvloop) HTTP server: in the direct column "
         "request rates are bounded by it",
+        "- `failed`: at least one run of that measurement failed (its error is in the run's "
+        "output); no median is given from the others",
         "",
         "| measurement | direct | " + " | ".join(f"mesh ({m})" for m in modes) + " | "
         + " | ".join(f"{m}/direct" for m in modes) + " |",
         "|---|---:|" + "---:|" * (2 * len(modes)),
     ]
+    def cell(value: float, fmt: str, unit: str) -> str:
+        return "failed" if math.isnan(value) else f"{fmt.format(value)} {unit}"
+
     for title, field, unit, fmt in ROWS:
         d = getattr(direct, field)
-        cells = [f"{fmt.format(getattr(mesh[m], field))} {unit}" for m in modes]
-        ratios = [f"{getattr(mesh[m], field) / d:.2f}" if d else "n/a" for m in modes]
+        cells = [cell(getattr(mesh[m], field), fmt, unit) for m in modes]
+        ratios = [f"{getattr(mesh[m], field) / d:.2f}"
+                  if d and not math.isnan(getattr(mesh[m], field)) else "n/a" for m in modes]
         lines.append(f"| {title} | {fmt.format(d)} {unit} | " + " | ".join(cells) + " | "
                      + " | ".join(ratios) + " |")
     if enroll:
@@ -306,6 +329,10 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     parser.add_argument("--redirect-mode", choices=["both", "iptables", "ebpf"], default="both",
                         help="the node agents' redirection mode(s) to measure (default both)")
+    parser.add_argument("--ebpf-sockmap", choices=["off", "on", "both"], default="both",
+                        help="eBPF mode without and/or with the agents' --ebpf-sockmap (the in-pod "
+                             "app <-> ztunnel hop on sockmap/sk_msg); both: one column each "
+                             "(default)")
     parser.add_argument("--enroll-pods", type=int, default=100,
                         help="pods whose enrollment latency is measured, per mode (even; 0: skip)")
     args = parser.parse_args()
@@ -322,12 +349,17 @@ def main() -> int:
 def run_benchmark(args: argparse.Namespace) -> int:
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     modes = ["iptables", "ebpf"] if args.redirect_mode == "both" else [args.redirect_mode]
+    if "ebpf" in modes:
+        sockmap = {"off": ["ebpf"], "on": [SOCKMAP], "both": ["ebpf", SOCKMAP]}[args.ebpf_sockmap]
+        modes = [m for m in modes if m != "ebpf"] + sockmap
     direct: Figures | None = None
     mesh: dict[str, Figures] = {}
     enroll: dict[str, Enrollment] = {}
-    for i, mode in enumerate(modes):
+    for i, column in enumerate(modes):
+        mode = "ebpf" if column == SOCKMAP else column
         meshctl("local", "down")
         meshctl("local", "up", "--redirect-mode", mode,
+                *(["--ebpf-sockmap"] if column == SOCKMAP else []),
                 "--pods-per-node", str(args.enroll_pods // 2), timeout=900)
         try:
             state = pods()
@@ -348,11 +380,12 @@ def run_benchmark(args: argparse.Namespace) -> int:
                 set_enrollment(False)
                 direct = measure(server_ip, args.seconds, args.repeat)
                 set_enrollment(True)
-            print(f"mesh ({mode}):", file=sys.stderr)
-            mesh[mode] = measure(server_ip, args.seconds, args.repeat)
+            print(f"mesh ({column}):", file=sys.stderr)
+            mesh[column] = measure(server_ip, args.seconds, args.repeat)
             if args.enroll_pods:
-                print(f"enrollment latency ({mode}, {args.enroll_pods} pods):", file=sys.stderr)
-                enroll[mode] = enrollment_latency()
+                print(f"enrollment latency ({column}, {args.enroll_pods} pods):",
+                      file=sys.stderr)
+                enroll[column] = enrollment_latency()
         finally:
             if not (args.keep and i == len(modes) - 1):
                 meshctl("local", "down")

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--redirect-mode", choices=["auto", "ebpf", "iptables"], default="auto",
                     help="the node agents' redirection (default auto: eBPF when the machine "
                          "allows it, else iptables)")
+    up.add_argument("--ebpf-sockmap", action="store_true",
+                    help="eBPF mode: the node agents accelerate the in-pod hop between an app "
+                         "and its ztunnel with sockmap/sk_msg (default off)")
     up.set_defaults(func=_local_up)
     for verb, func, help_text in (
         ("stop", _local_stop, "stop one mesh component (controller, ztunnel or agent)"),
@@ -124,7 +127,7 @@ def _local_up(args: argparse.Namespace) -> int:
     topo = cluster.up(cluster.UpConfig(
         state, args.nodes, args.pods_per_node, args.timeout,
         MeshComponents(workload_cert_ttl=args.workload_cert_ttl,
-                       redirect_mode=args.redirect_mode)))
+                       redirect_mode=args.redirect_mode, ebpf_sockmap=args.ebpf_sockmap)))
     print(f"local cluster up in {time.monotonic() - started:.1f}s: {len(topo.nodes)} nodes, "
           f"{len(topo.pods)} pods (state in {state}); `meshctl local pods` lists them")
     return 0

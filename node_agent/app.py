@@ -58,12 +58,14 @@ def choose_redirector(config: Config) -> tuple[Redirector, str]:
     if not why:
         try:
             redirector = ebpf.EbpfRedirector.start(
-                config.node, cgroup, config.bpf_dir, config.bpf_pin_root or ebpf.PIN_ROOT
+                config.node, cgroup, config.bpf_dir, config.bpf_pin_root or ebpf.PIN_ROOT,
+                sockmap=config.ebpf_sockmap,
             )
         except AgentError as exc:
             why = f"the eBPF programs did not load: {exc}"
         else:
-            return redirector, f"{requested}: eBPF programs loaded and attached to {cgroup}"
+            hop = ", in-pod hop on sockmap" if config.ebpf_sockmap else ""
+            return redirector, f"{requested}: eBPF programs loaded and attached to {cgroup}{hop}"
     if requested == "ebpf":
         raise RedirectError(f"--redirect-mode ebpf: {why}")
     return _iptables(config), f"auto: eBPF not usable, using iptables: {why}"

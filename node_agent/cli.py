@@ -34,6 +34,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--bpf-dir", c.ENV_BPF_DIR, "eBPF mode: directory of the BPF C programs (default: bpf/)")
     add("--bpf-pin-root", c.ENV_BPF_PIN_ROOT,
         "eBPF mode: pins go under DIR/<node>/ (default /sys/fs/bpf/nodemesh)")
+    p.add_argument(
+        "--ebpf-sockmap",
+        action=argparse.BooleanOptionalAction,
+        default=env.get(c.ENV_EBPF_SOCKMAP, "").lower() in ("1", "true", "yes"),
+        help="eBPF mode: the in-pod hop between an app and its ztunnel skips TCP/IP "
+        "(sockmap/sk_msg; experimental, default off: no flow control, a bulk sender can fail "
+        f"with ENOMEM; env {c.ENV_EBPF_SOCKMAP}=1)",
+    )
     add("--host-probe-ip", c.ENV_HOST_PROBE_IP, "source IP of health probes, not captured")
     add("--status-file", c.ENV_STATUS_FILE, "write per-pod redirection state here as JSON")
     add("--log-level", c.ENV_LOG_LEVEL, "DEBUG, INFO, WARNING, ERROR", "INFO")
@@ -78,6 +86,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> c.Config:
         cgroup=Path(ns.cgroup) if ns.cgroup else None,
         bpf_dir=Path(ns.bpf_dir) if ns.bpf_dir else None,
         bpf_pin_root=Path(ns.bpf_pin_root) if ns.bpf_pin_root else None,
+        ebpf_sockmap=bool(ns.ebpf_sockmap),
     )
 
 

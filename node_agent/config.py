@@ -19,6 +19,7 @@ ENV_LOG_LEVEL: Final = "NODEMESH_LOG_LEVEL"
 ENV_CGROUP: Final = "NODEMESH_CGROUP"
 ENV_BPF_DIR: Final = "NODEMESH_BPF_DIR"
 ENV_BPF_PIN_ROOT: Final = "NODEMESH_BPF_PIN_ROOT"
+ENV_EBPF_SOCKMAP: Final = "NODEMESH_EBPF_SOCKMAP"
 
 REDIRECT_MODES: Final = ("auto", "ebpf", "iptables")
 
@@ -40,3 +41,5 @@ class Config:
     bpf_dir: Path | None = None
     #: eBPF mode: pins go to ``<bpf_pin_root>/<node>/`` (None: /sys/fs/bpf/nodemesh)
     bpf_pin_root: Path | None = None
+    #: eBPF mode: the in-pod app <-> ztunnel hop skips TCP/IP (sockmap + sk_msg)
+    ebpf_sockmap: bool = False

@@ -20,4 +20,13 @@ static __always_inline __u32 nm_inbound_listener(__u32 port)
 	return port == NM_HBONE_PORT ? NM_HBONE_PORT : NM_INBOUND_PORT;
 }
 
+/* The key of the other end of a hop: the same connection seen from the peer socket. */
+static __always_inline struct hop_key nm_hop_peer(const struct hop_key *self)
+{
+	struct hop_key peer = {.netns = self->netns,
+			       .local_ip = self->remote_ip, .remote_ip = self->local_ip,
+			       .local_port = self->remote_port, .remote_port = self->local_port};
+	return peer;
+}
+
 #endif

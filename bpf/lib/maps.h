@@ -27,6 +27,16 @@ struct flow_key {
 	__u32 port;  /* host byte order */
 };
 
+/* One end of an app <-> ztunnel hop inside a pod (the app's captured connection to its own
+ * 15001), as that end's socket sees it; the peer's key has local and remote swapped. */
+struct hop_key {
+	__u64 netns;
+	__u32 local_ip;     /* network byte order */
+	__u32 remote_ip;    /* network byte order */
+	__u32 local_port;   /* host byte order */
+	__u32 remote_port;  /* host byte order */
+};
+
 /* A ztunnel listener (15006, 15008) of an enrolled pod. */
 struct listener_key {
 	__u64 netns;
@@ -51,6 +61,7 @@ struct _name##_table_t { \
 	struct bpf_sock *(*lookup)(_key_type *); \
 	int (*delete)(_key_type *); \
 	int (*sock_hash_update)(void *, void *, __u64); \
+	int (*msg_redirect_hash)(void *, void *, __u64); \
 	__u32 max_entries; \
 }; \
 __attribute__((section("maps/sockhash:" _pinned))) \
@@ -59,5 +70,10 @@ BPF_ANNOTATE_KV_PAIR(_name, _key_type, __u64)
 
 /* sock_ops -> sk_lookup: the ztunnel's listening sockets of enrolled pods */
 NM_SOCKHASH_PINNED(nm_listeners, struct listener_key, NM_MAX_LISTENERS, NM_PIN_DIR "/nm_listeners");
+/* sock_ops -> sk_msg (only with NM_SOCKMAP): both ends of every app <-> ztunnel hop */
+NM_SOCKHASH_PINNED(nm_hops, struct hop_key, NM_MAX_FLOWS, NM_PIN_DIR "/nm_hops");
+/* sk_msg: a hop end that once sent through TCP keeps doing so (redirecting later bytes could
+ * overtake the earlier ones still queued at the peer): hop_key -> 1 */
+BPF_TABLE_PINNED("lru_hash", struct hop_key, __u8, nm_hop_tcp, NM_MAX_FLOWS, NM_PIN_DIR "/nm_hop_tcp");
 
 #endif

@@ -44,10 +44,12 @@ class MeshComponents:
         python: str = sys.executable,
         workload_cert_ttl: int | None = None,
         redirect_mode: str = "auto",
+        ebpf_sockmap: bool = False,
     ) -> None:
         self.python = python
         self.workload_cert_ttl = workload_cert_ttl
         self.redirect_mode = redirect_mode
+        self.ebpf_sockmap = ebpf_sockmap
 
     def controller(self, layout: Layout) -> list[str]:
         return [
@@ -82,6 +84,7 @@ class MeshComponents:
         return [
             self.python, "-m", "node_agent", *self._node_flags(layout, node),
             "--redirect-mode", self.redirect_mode,
+            *(["--ebpf-sockmap"] if self.ebpf_sockmap else []),
             # eBPF mode: the subtree holding every pod and the ztunnel (docs/CONTRACTS.md)
             "--cgroup", str(subtree(cgroup2_mount())),
             "--host-probe-ip", str(node.pod_gateway),

@@ -4,7 +4,8 @@ pod's netns, driven by maps keyed by the pod's netns cookie.
 Layout under ``/sys/fs/bpf/nodemesh/<node>/`` (``pin_dir``)::
 
     maps/nm_*                 every map of bpf/lib/maps.h
-    links/<prog>              connect4, sock_ops and getsockopt attached to the node's cgroup
+    links/<prog>              connect4, sock_ops and getsockopt attached to the node's cgroup;
+                              nm_sk_msg attached to maps/nm_hops (only with ``sockmap``)
     pods/<netns cookie>       the sk_lookup link of one enrolled pod's netns
 
 Invariants:
@@ -15,6 +16,13 @@ Invariants:
 * A pod is switched on by one map write, its ``nm_pods`` entry, made last (after its sk_lookup
   link and ``nm_pod_ips``) and removed first, so a pod is redirected both ways or not at all.
 * Outside enrolled netns the programs change nothing: the node itself and unenrolled pods pass.
+* With ``sockmap`` (``--ebpf-sockmap``), the in-pod hop between an app's captured connection and
+  the ztunnel's socket accepted on 15001 skips TCP/IP: sock_ops puts both ends into ``nm_hops``
+  and sk_msg hands each message to the peer's receive queue. Without it, sock_ops is compiled
+  without that code and a pinned sk_msg link from an earlier run is dropped, so no socket is
+  touched. Entries leave ``nm_hops`` when their socket closes. Experimental and off by default:
+  the ingress redirect bypasses TCP's flow control, so a sender faster than the ztunnel queues
+  bytes in the ztunnel's socket until protocol memory runs out and its write fails (ENOMEM).
 * :func:`teardown` removes a node's whole pin directory, by name, and with it every attachment.
 """
 
@@ -53,6 +61,7 @@ _SIZES: Final = {
     k.MAP_POD_IPS: (4, 8),
     k.MAP_FLOWS: (16, 8),
     k.MAP_LISTENERS: (16, 8),
+    k.MAP_HOP_TCP: (24, 1),
 }
 
 
@@ -149,7 +158,13 @@ class EbpfRedirector:
 
     @classmethod
     def start(
-        cls, node: str, cgroup: Path, source_dir: Path | None = None, root: Path = PIN_ROOT
+        cls,
+        node: str,
+        cgroup: Path,
+        source_dir: Path | None = None,
+        root: Path = PIN_ROOT,
+        *,
+        sockmap: bool = False,
     ) -> EbpfRedirector:
         """Load the programs (raises :class:`~loader.LoadError` with the verifier's message),
         attach them to ``cgroup`` (or move the pinned links to them) and open the maps."""
@@ -159,8 +174,14 @@ class EbpfRedirector:
         d = pin_dir(node, root)
         for sub in ("maps", "links", "pods"):
             (d / sub).mkdir(parents=True, exist_ok=True)
-        loaded = loader.load(source_dir or loader.default_source_dir(), d / "maps")
+        loaded = loader.load(source_dir or loader.default_source_dir(), d / "maps", sockmap=sockmap)
         maps = {name: bpfsys.obj_get(d / "maps" / name) for name in k.MAPS}
+        sk_msg_pin = d / "links" / "nm_sk_msg"
+        if sockmap:
+            _attach_or_update(sk_msg_pin, loaded.prog_fds["nm_sk_msg"], maps[k.MAP_HOPS],
+                              bpfsys.ATTACH_SK_MSG_VERDICT, f"nm_sk_msg to {k.MAP_HOPS}")
+        else:
+            sk_msg_pin.unlink(missing_ok=True)  # the link (and the redirection) goes with its pin
         cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for fn, attach in CGROUP_PROGRAMS.items():
@@ -176,7 +197,8 @@ class EbpfRedirector:
             except bpfsys.BpfError as exc:  # its netns is gone: collect() drops the rest
                 log.info("dropping pod link %s: %s", pin.name, exc)
                 pin.unlink()
-        log.info("eBPF programs %s attached to %s (pins in %s)", loaded.digest, cgroup, d)
+        log.info("eBPF programs %s attached to %s (pins in %s; sockmap %s)", loaded.digest, cgroup,
+                 d, "on" if sockmap else "off")
         return self
 
     # -- one pod ------------------------------------------------------------------------------
@@ -263,6 +285,9 @@ class EbpfRedirector:
         for raw in bpfsys.map_keys(self._maps[k.MAP_FLOWS], 16):
             if k.FlowKey.unpack(raw).netns == cookie:
                 bpfsys.map_delete(self._maps[k.MAP_FLOWS], raw)
+        for raw in bpfsys.map_keys(self._maps[k.MAP_HOP_TCP], 24):
+            if k.HopKey.unpack(raw).netns == cookie:
+                bpfsys.map_delete(self._maps[k.MAP_HOP_TCP], raw)
         with contextlib.suppress(FileNotFoundError):
             (self.dir / "pods" / str(cookie)).unlink()
 

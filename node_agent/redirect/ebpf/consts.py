@@ -54,7 +54,9 @@ MAP_POD_IPS: Final = "nm_pod_ips"
 MAP_PENDING: Final = "nm_pending"
 MAP_FLOWS: Final = "nm_flows"
 MAP_LISTENERS: Final = "nm_listeners"
-MAPS: Final = (MAP_PODS, MAP_POD_IPS, MAP_PENDING, MAP_FLOWS, MAP_LISTENERS)
+MAP_HOPS: Final = "nm_hops"
+MAP_HOP_TCP: Final = "nm_hop_tcp"
+MAPS: Final = (MAP_PODS, MAP_POD_IPS, MAP_PENDING, MAP_FLOWS, MAP_LISTENERS, MAP_HOPS, MAP_HOP_TCP)
 
 #: C struct → (field names in order, struct format); native byte order, as the kernel sees them.
 #: ``ip`` fields are in network byte order inside the integer (packed as 4 raw bytes).
@@ -63,6 +65,7 @@ STRUCTS: Final[dict[str, tuple[tuple[str, ...], str]]] = {
     "orig_dst": (("ip", "port"), "=4sI"),
     "flow_key": (("netns", "ip", "port"), "=Q4sI"),
     "listener_key": (("netns", "port", "pad"), "=QII"),
+    "hop_key": (("netns", "local_ip", "remote_ip", "local_port", "remote_port"), "=Q4s4sII"),
 }
 
 NETNS_KEY: Final = struct.Struct("=Q")
@@ -143,6 +146,31 @@ class ListenerKey:
     def unpack(cls, raw: bytes) -> ListenerKey:
         netns, port, _ = struct.unpack(STRUCTS["listener_key"][1], raw)
         return cls(netns, port)
+
+
+@dataclass(frozen=True, slots=True)
+class HopKey:
+    """Key of ``nm_hops`` and ``nm_hop_tcp``: one end of an app <-> ztunnel hop in a pod."""
+
+    netns: int
+    local_ip: ipaddress.IPv4Address
+    local_port: int
+    remote_ip: ipaddress.IPv4Address
+    remote_port: int
+
+    def pack(self) -> bytes:
+        return struct.pack(
+            STRUCTS["hop_key"][1], self.netns, self.local_ip.packed, self.remote_ip.packed,
+            self.local_port, self.remote_port,
+        )
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> HopKey:
+        netns, lip, rip, lport, rport = struct.unpack(STRUCTS["hop_key"][1], raw)
+        return cls(netns, ipaddress.IPv4Address(lip), lport, ipaddress.IPv4Address(rip), rport)
+
+    def peer(self) -> HopKey:
+        return HopKey(self.netns, self.remote_ip, self.remote_port, self.local_ip, self.local_port)
 
 
 def netns_key(cookie: int) -> bytes:

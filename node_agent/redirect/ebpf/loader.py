@@ -1,9 +1,10 @@
 """Compile and load the programs of ``bpf/`` with BCC: the only module that imports ``bcc``.
 
-Invariants: the four programs are compiled as one unit, so they share the pinned maps of
+Invariants: the programs are compiled as one unit, so they share the pinned maps of
 ``bpf/lib/maps.h`` (created and pinned under ``<pin dir>/maps`` by the first load, reopened by every
-later one). A compile or verifier failure raises :class:`LoadError` carrying the compiler's or
-verifier's own message; nothing is attached by this module.
+later one). ``sockmap`` compiles sock_ops with ``NM_SOCKMAP`` (it fills ``nm_hops``); sk_msg is
+loaded either way, attaching it is the caller's choice. A compile or verifier failure raises
+:class:`LoadError` carrying the compiler's or verifier's own message; nothing is attached here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ PROGRAMS: Final = {
     "sockops.c": ("nm_sockops", bpfsys.PROG_SOCK_OPS, bpfsys.ATTACH_CGROUP_SOCK_OPS),
     "getsockopt.c": ("nm_getsockopt", bpfsys.PROG_CGROUP_SOCKOPT, bpfsys.ATTACH_CGROUP_GETSOCKOPT),
     "sk_lookup.c": ("nm_sk_lookup", bpfsys.PROG_SK_LOOKUP, bpfsys.ATTACH_SK_LOOKUP),
+    "sk_msg.c": ("nm_sk_msg", bpfsys.PROG_SK_MSG, bpfsys.ATTACH_SK_MSG_VERDICT),
 }
 _INCLUDE = '#include "lib/helpers.h"'
 
@@ -84,7 +86,7 @@ def _tail(text: str, lines: int = 12) -> str:
     return "\n".join(kept[-lines:])
 
 
-def load(source_dir: Path, map_pin_dir: Path) -> Loaded:
+def load(source_dir: Path, map_pin_dir: Path, *, sockmap: bool = False) -> Loaded:
     """Compile and verify every program; maps are created or reopened under ``map_pin_dir``."""
     try:
         from bcc import BPF
@@ -92,6 +94,8 @@ def load(source_dir: Path, map_pin_dir: Path) -> Loaded:
         raise LoadError(f"the bcc Python module is not importable: {exc}") from exc
     text = source_text(source_dir)
     cflags = [f'-DNM_PIN_DIR="{map_pin_dir}"', f"-I{source_dir}"]
+    if sockmap:
+        cflags.append("-DNM_SOCKMAP")
     with _stderr_captured() as msgs:
         try:
             bpf = BPF(text=text.encode(), cflags=cflags)

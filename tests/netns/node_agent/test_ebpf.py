@@ -1,14 +1,20 @@
 """The eBPF redirector in real network namespaces (root): capture both ways with no iptables or
-nftables rule in the pod, exemptions, agent restart, stale state, forced load failure."""
+nftables rule in the pod, exemptions, agent restart, stale state, forced load failure; the
+optional sockmap acceleration (``--ebpf-sockmap``): the in-pod app <-> ztunnel hop carries bytes
+exactly, both ways, through half-close and many connections, without TCP, every other socket is
+left alone, and without the option nothing is put in the map."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import itertools
 import os
 import shutil
 import socket
+import struct
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -313,3 +319,166 @@ def test_forced_load_failure_falls_back_to_iptables(
     finally:
         out_l.close()
         app_l.close()
+
+
+# -- --ebpf-sockmap --------------------------------------------------------------------------------
+
+BIG = 48 * 1024 * 1024
+
+
+def start_enrolled(node: str, pod: str, sockmap: bool) -> ebpf.EbpfRedirector:
+    """The programs (with or without the sockmap acceleration), ``pod`` enrolled."""
+    red = ebpf.EbpfRedirector.start(node, own_cgroup(), None, ROOT, sockmap=sockmap)
+    red.apply_blocking(path(pod), PLAN, ipaddress.IPv4Address(POD_IP))
+    return red
+
+
+def hops(red: ebpf.EbpfRedirector) -> set[k.HopKey]:
+    return {k.HopKey.unpack(raw) for raw in bpfsys.map_keys(red._maps[k.MAP_HOPS], 24)}
+
+
+def bytes_acked(s: socket.socket) -> int:
+    """What TCP itself carried on this socket (tcp_info.tcpi_bytes_acked)."""
+    raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int(struct.unpack_from("=Q", raw, 120)[0])
+
+
+def pump(src: socket.socket, data: bytes, half_close: bool) -> threading.Thread:
+    def body() -> None:
+        src.sendall(data)
+        if half_close:
+            src.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=body)
+    t.start()
+    return t
+
+
+def drain(s: socket.socket) -> bytes:
+    chunks = []
+    while chunk := s.recv(1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def hop(pod: str, out_l: socket.socket) -> tuple[socket.socket, socket.socket]:
+    app = connect(pod, (PEER_IP, 8080))
+    zt, _ = out_l.accept()
+    zt.settimeout(30)
+    app.settimeout(30)
+    return app, zt
+
+
+def test_hop_carries_bytes_exactly_both_ways_without_tcp(
+    node: str, pod_and_peer: tuple[str, str]
+) -> None:
+    pod, _ = pod_and_peer
+    red = start_enrolled(node, pod, sockmap=True)
+    assert (red.dir / "links" / "nm_sk_msg").exists()
+    out_l = listener(pod, 15001)
+    try:
+        app, zt = hop(pod, out_l)
+        app_port = app.getsockname()[1]
+        pod_ip = ipaddress.IPv4Address(POD_IP)
+        end = k.HopKey(0, pod_ip, app_port, pod_ip, 15001)
+        got = {(h.local_port, h.remote_port) for h in hops(red)}
+        assert got == {(end.local_port, end.remote_port), (end.remote_port, end.local_port)}
+        # both directions at once, then half-close each way: every byte, in order, then EOF
+        up, down = os.urandom(BIG), os.urandom(BIG)
+        t1, t2 = pump(app, up, True), pump(zt, down, True)
+        got_up, got_down = [b""], [b""]
+        r = threading.Thread(target=lambda: got_up.__setitem__(0, drain(zt)))
+        r.start()
+        got_down[0] = drain(app)
+        r.join()
+        t1.join()
+        t2.join()
+        assert hashlib.sha256(got_up[0]).digest() == hashlib.sha256(up).digest()
+        assert hashlib.sha256(got_down[0]).digest() == hashlib.sha256(down).digest()
+        # the bytes did not go through TCP (only handshake and FIN were acknowledged)
+        assert bytes_acked(app) < 1 << 20 and bytes_acked(zt) < 1 << 20
+        app.close()
+        zt.close()
+        # half-close one way only: the other way keeps working after EOF was seen
+        app, zt = hop(pod, out_l)
+        app.sendall(b"request")
+        app.shutdown(socket.SHUT_WR)
+        assert drain(zt) == b"request"
+        zt.sendall(b"response" * 10000)
+        zt.close()
+        assert drain(app) == b"response" * 10000
+        app.close()
+        # many connections, each exact; the map empties as they close
+        for i in range(200):
+            app, zt = hop(pod, out_l)
+            msg = f"hello {i}".encode() * (i + 1)
+            app.sendall(msg)
+            assert zt.recv(len(msg), socket.MSG_WAITALL) == msg
+            zt.sendall(msg[::-1])
+            assert app.recv(len(msg), socket.MSG_WAITALL) == msg[::-1]
+            app.close()
+            zt.close()
+        assert hops(red) == set()
+    finally:
+        out_l.close()
+
+
+def test_other_sockets_are_never_in_the_map(
+    node: str, pod_and_peer: tuple[str, str], netns_factory: Callable[[str], str]
+) -> None:
+    pod, peer = pod_and_peer
+    red = start_enrolled(node, pod, sockmap=True)
+    out_l, app_l = listener(pod, 15001), listener(peer, 8080, False)
+    local_l, in_l = listener(pod, 9000, False), listener(pod, 15006)
+    other = netns_factory("other")
+    other_l = listener(other, 15001, False)
+    opened: list[socket.socket] = []
+    try:
+        # the ztunnel's marked socket to another pod; in-pod loopback; inbound from the peer;
+        # an unenrolled pod's own connection to its 15001
+        opened.append(connect(pod, (PEER_IP, 8080), mark=k.NM_ZTUNNEL_MARK))
+        opened.append(app_l.accept()[0])
+        opened.append(connect(pod, ("127.0.0.1", 9000)))
+        opened.append(local_l.accept()[0])
+        opened.append(connect(peer, (POD_IP, 7777)))
+        opened.append(in_l.accept()[0])
+        opened.append(connect(other, ("127.0.0.1", 15001)))
+        opened.append(other_l.accept()[0])
+        assert hops(red) == set()
+        for a, b in zip(opened[::2], opened[1::2], strict=True):
+            a.sendall(b"x" * 100000)
+            assert b.recv(100000, socket.MSG_WAITALL) == b"x" * 100000
+            assert bytes_acked(a) >= 100000  # TCP carried them
+    finally:
+        for s in (*opened, out_l, app_l, local_l, in_l, other_l):
+            s.close()
+
+
+def test_restarts_keep_or_drop_the_acceleration(
+    node: str, pod_and_peer: tuple[str, str]
+) -> None:
+    pod, _ = pod_and_peer
+    red = start_enrolled(node, pod, sockmap=True)
+    red.loaded.bpf.cleanup()  # type: ignore[attr-defined]
+    red = start_enrolled(node, pod, sockmap=True)  # a restart with it: the pinned link moves
+    out_l = listener(pod, 15001)
+    try:
+        app, zt = hop(pod, out_l)
+        assert len(hops(red)) == 2
+        app.sendall(b"z" * 100000)
+        assert zt.recv(100000, socket.MSG_WAITALL) == b"z" * 100000
+        assert bytes_acked(app) < 100000
+        app.close()
+        zt.close()
+        red.loaded.bpf.cleanup()  # type: ignore[attr-defined]
+        red = start_enrolled(node, pod, sockmap=False)  # an agent restarted without the option
+        assert not (red.dir / "links" / "nm_sk_msg").exists()
+        app, zt = hop(pod, out_l)
+        assert hops(red) == set()
+        app.sendall(b"y" * 100000)
+        assert zt.recv(100000, socket.MSG_WAITALL) == b"y" * 100000
+        assert bytes_acked(app) >= 100000
+        app.close()
+        zt.close()
+    finally:
+        out_l.close()

@@ -59,6 +59,14 @@ def test_cli_flags_and_env() -> None:
     assert cli.parse(ARGS, {"NODEMESH_NODE": "node-2"}).node == "node-1"  # flag wins
 
 
+def test_ebpf_sockmap_is_off_unless_asked() -> None:
+    assert cli.parse(ARGS, {}).ebpf_sockmap is False
+    assert cli.parse([*ARGS, "--ebpf-sockmap"], {}).ebpf_sockmap is True
+    assert cli.parse(ARGS, {"NODEMESH_EBPF_SOCKMAP": "1"}).ebpf_sockmap is True
+    env_on = {"NODEMESH_EBPF_SOCKMAP": "true"}
+    assert cli.parse([*ARGS, "--no-ebpf-sockmap"], env_on).ebpf_sockmap is False
+
+
 @pytest.mark.parametrize(
     ("extra", "msg"),
     [(["--redirect-mode", "bpf"], "not supported"), (["--host-probe-ip", "x"], "not an IPv4")],

@@ -88,6 +88,18 @@ def test_flow_and_listener_keys() -> None:
     assert len(lk.pack()) == 16 and k.ListenerKey.unpack(lk.pack()) == lk
 
 
+def test_hop_key_and_its_peer() -> None:
+    a, b = ipaddress.IPv4Address("10.0.1.2"), ipaddress.IPv4Address("10.0.1.3")
+    key = k.HopKey(9, a, 40000, b, k.NM_OUTBOUND_PORT)
+    raw = key.pack()
+    assert len(raw) == 24
+    assert raw[8:12] == bytes([10, 0, 1, 2]) and raw[12:16] == bytes([10, 0, 1, 3])
+    assert struct.unpack("=II", raw[16:]) == (40000, k.NM_OUTBOUND_PORT)  # both host order
+    assert k.HopKey.unpack(raw) == key
+    assert key.peer() == k.HopKey(9, b, k.NM_OUTBOUND_PORT, a, 40000)
+    assert key.peer().peer() == key
+
+
 def test_orig_dst_and_its_sockaddr() -> None:
     od = k.OrigDst(ipaddress.IPv4Address("10.0.2.9"), 8080)
     assert k.OrigDst.unpack(od.pack()) == od
