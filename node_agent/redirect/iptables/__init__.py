@@ -17,14 +17,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import threading
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import iptc
 
 from node_agent.errors import NetnsError, RedirectError
 from node_agent.netns import run_in_netns
 from node_agent.redirect.plan import EMPTY, JUMPS, OWN_CHAINS, TABLE, Chain, Plan, Rule
+
+T = TypeVar("T")
 
 MODE = "iptables"
 _LOCK = threading.Lock()
@@ -228,34 +230,29 @@ def _wrap(netns_path: str, what: str, exc: Exception) -> RedirectError:
     return RedirectError(f"{what} in netns {netns_path} failed: {exc}")
 
 
-def apply(netns_path: str, plan: Plan) -> bool:
-    """Blocking: enter ``netns_path`` in a worker thread and :func:`apply_current`."""
+def _in_netns(netns_path: str, what: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` inside ``netns_path`` (worker thread); foreign errors become RedirectError."""
     try:
-        return run_in_netns(netns_path, lambda: apply_current(plan))
+        return run_in_netns(netns_path, fn)
     except NetnsError:
         raise
     except Exception as exc:
-        raise _wrap(netns_path, "applying rules", exc) from exc
+        raise _wrap(netns_path, what, exc) from exc
+
+
+def apply(netns_path: str, plan: Plan) -> bool:
+    """Blocking: enter ``netns_path`` in a worker thread and :func:`apply_current`."""
+    return _in_netns(netns_path, "applying rules", lambda: apply_current(plan))
 
 
 def read(netns_path: str) -> Plan:
     """Blocking: our rules in ``netns_path`` (``plan.EMPTY`` if none)."""
-    try:
-        return run_in_netns(netns_path, read_current)
-    except NetnsError:
-        raise
-    except Exception as exc:
-        raise _wrap(netns_path, "reading rules", exc) from exc
+    return _in_netns(netns_path, "reading rules", read_current)
 
 
 def remove(netns_path: str) -> bool:
     """Blocking: delete our rules in ``netns_path``."""
-    try:
-        return run_in_netns(netns_path, remove_current)
-    except NetnsError:
-        raise
-    except Exception as exc:
-        raise _wrap(netns_path, "removing rules", exc) from exc
+    return _in_netns(netns_path, "removing rules", remove_current)
 
 
 class IptablesRedirector:
