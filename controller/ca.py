@@ -59,7 +59,6 @@ class IssuedCert:
     def root_pem(self) -> str:
         return _pem(self.root)
 
-
 def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
@@ -154,6 +153,21 @@ class CertificateAuthority:
             chain_pem = chain_path.read_bytes() if chain_path is not None else b""
         except OSError as exc:
             raise CaError(f"cannot read CA material: {exc}") from exc
+        return cls.from_pem(
+            cert_pem, key_pem, chain_pem, str(cert_path), str(key_path), str(chain_path)
+        )
+
+    @classmethod
+    def from_pem(
+        cls,
+        cert_pem: bytes,
+        key_pem: bytes,
+        chain_pem: bytes = b"",
+        cert_path: str = "the CA certificate",
+        key_path: str = "the CA key",
+        chain_path: str = "the CA chain",
+    ) -> CertificateAuthority:
+        """As :meth:`from_files`, from PEM bytes; the ``*_path`` name each input in errors."""
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)
         except ValueError as exc:
@@ -161,6 +175,7 @@ class CertificateAuthority:
         try:
             key = serialization.load_pem_private_key(key_pem, password=None)
         except (ValueError, TypeError) as exc:
+            # the exception text never contains key material
             raise CaError(f"{key_path} is not an unencrypted PEM private key: {exc}") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise CaError(f"{key_path}: only ECDSA and RSA CA keys are supported")
@@ -215,6 +230,23 @@ class CertificateAuthority:
 
     def root_pem(self) -> str:
         return _pem(self.root)
+
+    def signer_key_pem(self) -> bytes:
+        """The signing key, PKCS#8 PEM: only for storing it (0600 file, Kubernetes Secret)."""
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def chain_pem(self) -> bytes:
+        """The signer's issuers up to and including the root (empty for a root signer)."""
+        if self._cert == self.root:
+            return b""
+        return "".join(_pem(c) for c in (*self._intermediates, self.root)).encode()
+
+    def signer_cert_pem(self) -> bytes:
+        return _pem(self._cert).encode()
 
     def write_root(self, path: Path) -> None:
         """Publish the trust anchor (never the key)."""

@@ -31,4 +31,25 @@ class CsrRejected(ControllerError):
 
 
 class AuthError(ControllerError):
-    """A request did not carry a valid node bearer token."""
+    """A request did not carry a valid node bearer token. ``reason`` is a short metric label."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class AuthUnavailable(ControllerError):
+    """The node credential could not be checked right now (the TokenReview API failed): the node
+    should retry, it is not refused. Answered with 503."""
+
+
+class KubeError(ControllerError):
+    """A call to the Kubernetes API failed. ``status`` is the HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class LeaderError(ControllerError):
+    """A Lease read from the API is malformed."""

@@ -17,6 +17,22 @@ CSR_REFUSAL_REASONS = (
     "unauthenticated",
 )
 
+#: label values of ``nodemesh_controller_token_reviews_total{outcome}``
+TOKEN_REVIEW_OUTCOMES = (
+    "ok",
+    "cached",
+    "error",
+    "missing",
+    "malformed",
+    "unauthenticated",
+    "wrong_audience",
+    "wrong_service_account",
+    "not_pod_bound",
+    "unknown_pod",
+    "uid_mismatch",
+    "unscheduled",
+)
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -54,6 +70,55 @@ class Metrics:
         self.auth_failures = Counter(
             "nodemesh_controller_auth_failures",
             "Requests with a missing or bad node token.",
+            registry=r,
+        )
+
+        self.token_reviews = Counter(
+            "nodemesh_controller_token_reviews",
+            "Node token checks in Kubernetes mode, by outcome (ok, cached, error: the API "
+            "failed, or why the token was refused).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in TOKEN_REVIEW_OUTCOMES:
+            self.token_reviews.labels(outcome)
+        self.watch_restarts = Counter(
+            "nodemesh_controller_watch_restarts",
+            "Kubernetes watches that ended and were started again, by resource.",
+            ["resource"],
+            registry=r,
+        )
+        self.watch_relists = Counter(
+            "nodemesh_controller_watch_relists",
+            "Full lists of a Kubernetes resource (the first one included), by resource.",
+            ["resource"],
+            registry=r,
+        )
+        self.watch_errors = Counter(
+            "nodemesh_controller_watch_errors",
+            "Failed Kubernetes list or watch requests and malformed events, by resource.",
+            ["resource"],
+            registry=r,
+        )
+        self.watch_events = Counter(
+            "nodemesh_controller_watch_events",
+            "Kubernetes watch events received, by resource.",
+            ["resource"],
+            registry=r,
+        )
+        self.translations = Counter(
+            "nodemesh_controller_translations",
+            "Translations of the Kubernetes configuration into the mesh model.",
+            registry=r,
+        )
+        self.leader = Gauge(
+            "nodemesh_controller_leader",
+            "1 while this replica holds the leader Lease (single-writer work), else 0.",
+            registry=r,
+        )
+        self.leader_transitions = Counter(
+            "nodemesh_controller_leader_transitions",
+            "Times this replica gained or lost the leader Lease.",
             registry=r,
         )
 

@@ -5,7 +5,8 @@
 * plain HTTP for operators: ``/metrics``, ``/healthz``, ``/readyz``, ``/debug/status``.
 
 Errors answer ``{"error": "..."}`` with 400 (malformed), 401 (node credential), 403 (identity
-not allowed for this node), 413 (too large), 503 (not ready yet).
+not allowed for this node), 413 (too large), 503 (not ready yet, or the node credential cannot be
+checked right now: the Kubernetes TokenReview API failed).
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ import asyncio
 import datetime as dt
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from controller.auth import NodeTokens
+from controller.auth import NodeAuthenticator
 from controller.ca import CertificateAuthority
 from controller.csr import authorize, parse_request_body, validate_csr
 from controller.discovery import DiscoveryHub, Subscription
-from controller.errors import AuthError, CsrRejected
+from controller.errors import AuthError, AuthUnavailable, CsrRejected
 from controller.metrics import Metrics
 from controller.translate import ConfigIssue
 from meshapi.csr import MAX_CSR_BYTES, CsrResponse
@@ -58,7 +60,7 @@ class Api:
         self,
         hub: DiscoveryHub,
         ca: CertificateAuthority,
-        tokens: NodeTokens,
+        tokens: NodeAuthenticator,
         metrics: Metrics,
         trust_domain: str,
         cert_ttl: dt.timedelta,
@@ -78,9 +80,17 @@ class Api:
         app.router.add_post("/v1/csr", self.csr)
         return app
 
-    def _authenticate(self, request: web.Request) -> NodeName | web.Response:
+    async def _authenticate(self, request: web.Request) -> NodeName | web.Response:
         try:
-            return self.tokens.authenticate(request.headers.get("Authorization"))
+            return await self.tokens.authenticate(request.headers.get("Authorization"))
+        except AuthUnavailable as exc:
+            log.warning(
+                "event=auth_unavailable path=%s peer=%s reason=%r",
+                request.path,
+                request.remote,
+                str(exc),
+            )
+            return error_response(503, str(exc))
         except AuthError as exc:
             self.metrics.auth_failures.inc()
             log.warning(
@@ -92,7 +102,7 @@ class Api:
             return error_response(401, str(exc))
 
     async def discovery(self, request: web.Request) -> web.StreamResponse:
-        node = self._authenticate(request)
+        node = await self._authenticate(request)
         if isinstance(node, web.Response):
             return node
         if not self.is_ready():
@@ -148,7 +158,7 @@ class Api:
             await resp.write(data)
 
     async def csr(self, request: web.Request) -> web.Response:
-        node = self._authenticate(request)
+        node = await self._authenticate(request)
         if isinstance(node, web.Response):
             self.metrics.csr_refused.labels("unauthenticated").inc()
             return node
@@ -196,7 +206,9 @@ class Ops:
         is_ready: Callable[[], bool],
         config_errors: Callable[[], Sequence[ConfigIssue]],
         policy_warnings: Callable[[], Sequence[ConfigIssue]] = tuple,
+        extra_status: Callable[[], Mapping[str, Any]] = dict,
     ) -> None:
+        self.extra_status = extra_status
         self.hub = hub
         self.metrics = metrics
         self.is_ready = is_ready
@@ -251,5 +263,6 @@ class Ops:
                     }
                     for s in subs
                 ],
+                **self.extra_status(),
             }
         )

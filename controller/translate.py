@@ -1,5 +1,6 @@
 """Translation of Kubernetes-shaped objects (Namespace, Pod, Service, ServiceAccount, all ``v1``;
-AuthorizationPolicy and PeerAuthentication in ``security.nodemesh.io/v1``) into the mesh model
+EndpointSlice in ``discovery.k8s.io/v1``; AuthorizationPolicy and PeerAuthentication in
+``security.nodemesh.io/v1``) into the mesh model
 (:class:`meshapi.model.Workload`, :class:`meshapi.model.Service`, :mod:`meshapi.policy`).
 
 Pure: no I/O. Every config source (the local directory now, Kubernetes later) feeds
@@ -14,7 +15,13 @@ Invariants:
   read at all (``stale_sources``).
 * Of two definitions of the same object the one that was in force before wins; otherwise the
   first in input order. The other is rejected with both sources named.
-* Pods without ``status.podIP`` are not workloads yet (not an error).
+* Pods without ``status.podIP`` are not workloads yet (not an error); neither are pods that have
+  terminated (``status.phase`` Succeeded or Failed: their IP may already belong to another pod)
+  nor host-network pods (their IP is the node's).
+* A Service with a selector has the selected workloads as endpoints. A Service without one (its
+  endpoints managed by hand or by another controller) has the workloads named by its ready
+  EndpointSlice endpoints (label ``kubernetes.io/service-name``; by ``targetRef`` pod uid, else by
+  address); slice addresses that are not mesh workloads are not endpoints of the mesh.
 """
 
 from __future__ import annotations
@@ -79,6 +86,7 @@ class PodSpecRaw(TypedDict, total=False):
 
 class PodStatusRaw(TypedDict, total=False):
     podIP: str
+    phase: str
 
 
 class PodRaw(TypedDict, total=False):
@@ -122,12 +130,54 @@ class ServiceAccountRaw(TypedDict, total=False):
     metadata: MetadataRaw
 
 
-RawObject = PodRaw | ServiceRaw | NamespaceRaw | ServiceAccountRaw
+class ObjectReferenceRaw(TypedDict, total=False):
+    kind: str
+    name: str
+    namespace: str
+    uid: str
 
-KINDS: Final = ("Namespace", "Pod", "Service", "ServiceAccount", KIND_AUTHZ, KIND_PEER_AUTHN)
+
+class EndpointConditionsRaw(TypedDict, total=False):
+    ready: bool | None
+
+
+class EndpointRaw(TypedDict, total=False):
+    addresses: list[str]
+    conditions: EndpointConditionsRaw
+    targetRef: ObjectReferenceRaw
+
+
+class EndpointSliceRaw(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: MetadataRaw
+    addressType: str
+    endpoints: list[EndpointRaw]
+
+
+RawObject = PodRaw | ServiceRaw | NamespaceRaw | ServiceAccountRaw | EndpointSliceRaw
+
+KIND_ENDPOINT_SLICE: Final = "EndpointSlice"
+KINDS: Final = (
+    "Namespace",
+    "Pod",
+    "Service",
+    "ServiceAccount",
+    KIND_ENDPOINT_SLICE,
+    KIND_AUTHZ,
+    KIND_PEER_AUTHN,
+)
 API_VERSION: Final = "v1"
 #: apiVersion per kind (v1 unless listed)
-API_VERSIONS: Final = {KIND_AUTHZ: POLICY_API_VERSION, KIND_PEER_AUTHN: POLICY_API_VERSION}
+API_VERSIONS: Final = {
+    KIND_AUTHZ: POLICY_API_VERSION,
+    KIND_PEER_AUTHN: POLICY_API_VERSION,
+    KIND_ENDPOINT_SLICE: "discovery.k8s.io/v1",
+}
+#: the label that ties an EndpointSlice to its Service
+SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
+#: pods in these phases have stopped; their IP can be reused
+TERMINATED_PHASES: Final = frozenset({"Succeeded", "Failed"})
 _POLICY_TOP_LEVEL: Final = ("apiVersion", "kind", "metadata", "spec", "status")
 DEFAULT_NAMESPACE: Final = "default"
 DEFAULT_SERVICE_ACCOUNT: Final = "default"
@@ -225,6 +275,16 @@ class ServiceAccountObj:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointSliceObj:
+    key: ObjectKey
+    #: the Service it belongs to ("" when unlabelled: then it belongs to none)
+    service: str
+    #: ready endpoints: pod uids from targetRef, and addresses of endpoints without one
+    pod_uids: tuple[str, ...]
+    addresses: tuple[ipaddress.IPv4Address, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AuthzObj:
     key: ObjectKey
     policy: AuthorizationPolicy
@@ -236,7 +296,15 @@ class PeerAuthnObj:
     policy: PeerAuthentication
 
 
-Parsed = PodObj | ServiceObj | NamespaceObj | ServiceAccountObj | AuthzObj | PeerAuthnObj
+Parsed = (
+    PodObj
+    | ServiceObj
+    | NamespaceObj
+    | ServiceAccountObj
+    | EndpointSliceObj
+    | AuthzObj
+    | PeerAuthnObj
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +367,7 @@ def parse_object(obj: SourceObject) -> Parsed:
             )
         name_ok = (
             is_dns_subdomain(name)
-            if kind in ("Pod", "ServiceAccount", KIND_AUTHZ, KIND_PEER_AUTHN)
+            if kind in ("Pod", "ServiceAccount", KIND_ENDPOINT_SLICE, KIND_AUTHZ, KIND_PEER_AUTHN)
             else (is_dns_label(name))
         )
         if not name_ok:
@@ -316,6 +384,8 @@ def parse_object(obj: SourceObject) -> Parsed:
             return NamespaceObj(key, _labels(meta))
         if kind in (KIND_AUTHZ, KIND_PEER_AUTHN):
             return _parse_policy(key, body, meta)
+        if kind == KIND_ENDPOINT_SLICE:
+            return _parse_endpoint_slice(key, body, meta)
         return ServiceAccountObj(key)
     except WireError as exc:
         raise fail(key, str(key), exc.path, exc.message) from None
@@ -353,6 +423,13 @@ def _parse_pod(key: ObjectKey, body: Mapping[str, Any], meta: Mapping[str, Any])
     status = wire.as_mapping(body.get("status") or {}, "status")
     ip_raw = status.get("podIP")
     ip = None if ip_raw in (None, "") else wire.ipv4(ip_raw, "status.podIP")
+    host_network = spec.get("hostNetwork", False)
+    if not isinstance(host_network, bool):
+        raise WireError(
+            "spec.hostNetwork", f"expected a boolean, got {wire.type_name(host_network)}"
+        )
+    if wire.opt_str(status, "phase", "status") in TERMINATED_PHASES or host_network:
+        ip = None  # not a workload of the mesh (see the module docstring)
     if ip is not None and node is None:
         raise WireError(
             "spec.nodeName",
@@ -373,15 +450,13 @@ def _parse_policy(
     if dry_raw not in ("true", "false"):
         raise WireError(
             f"metadata.annotations[{DRY_RUN_ANNOTATION}]",
-            f"must be \"true\" or \"false\", got {dry_raw!r}",
+            f'must be "true" or "false", got {dry_raw!r}',
         )
     spec = body.get("spec") or {}
     if key.kind == KIND_AUTHZ:
         return AuthzObj(
             key,
-            AuthorizationPolicy.from_spec(
-                key.namespace, key.name, spec, dry_run=dry_raw == "true"
-            ),
+            AuthorizationPolicy.from_spec(key.namespace, key.name, spec, dry_run=dry_raw == "true"),
         )
     if dry_raw == "true":
         raise WireError(
@@ -389,6 +464,33 @@ def _parse_policy(
             "dry-run applies to AuthorizationPolicy only",
         )
     return PeerAuthnObj(key, PeerAuthentication.from_spec(key.namespace, key.name, spec))
+
+
+def _parse_endpoint_slice(
+    key: ObjectKey, body: Mapping[str, Any], meta: Mapping[str, Any]
+) -> EndpointSliceObj:
+    service = dict(_labels(meta)).get(SERVICE_NAME_LABEL, "")
+    address_type = wire.req_str(body, "addressType", "")
+    uids: list[str] = []
+    addresses: list[ipaddress.IPv4Address] = []
+    for i, endpoint in enumerate(wire.as_list(body.get("endpoints") or [], "endpoints")):
+        path = f"endpoints[{i}]"
+        e = wire.as_mapping(endpoint, path)
+        conditions = wire.as_mapping(e.get("conditions") or {}, f"{path}.conditions")
+        ready = conditions.get("ready")
+        if ready is not None and not isinstance(ready, bool):
+            raise WireError(f"{path}.conditions.ready", "expected a boolean")
+        raw_addresses = wire.as_list(e.get("addresses") or [], f"{path}.addresses")
+        ref = wire.as_mapping(e.get("targetRef") or {}, f"{path}.targetRef")
+        if ready is False:
+            continue  # null means ready (the API's own default)
+        ref_uid = wire.opt_str(ref, "uid", f"{path}.targetRef")
+        if wire.opt_str(ref, "kind", f"{path}.targetRef") == "Pod" and ref_uid:
+            uids.append(ref_uid)
+        elif address_type == "IPv4":
+            for j, address in enumerate(raw_addresses):
+                addresses.append(wire.ipv4(address, f"{path}.addresses[{j}]"))
+    return EndpointSliceObj(key, service, tuple(uids), tuple(addresses))
 
 
 def _parse_service(key: ObjectKey, body: Mapping[str, Any]) -> ServiceObj:
@@ -559,11 +661,17 @@ def build(
             continue
         workloads[w.key] = w
         pods[w.key] = pod
+    slices: dict[tuple[str, str], list[EndpointSliceObj]] = {}
+    for a in items:
+        if isinstance(a.parsed, EndpointSliceObj) and a.parsed.service:
+            slices.setdefault((a.parsed.key.namespace, a.parsed.service), []).append(a.parsed)
     services: dict[str, Service] = {}
     for a in items:
         svc = a.parsed
         if isinstance(svc, ServiceObj):
-            service, svc_issues = _service(svc, a.source, workloads, pods)
+            service, svc_issues = _service(
+                svc, a.source, workloads, pods, slices.get((svc.key.namespace, svc.key.name), [])
+            )
             services[service.key] = service
             issues.extend(svc_issues)
     return workloads, services, issues
@@ -596,10 +704,20 @@ def _workload(pod: PodObj, ns_labels: Mapping[str, str], trust_domain: str) -> W
 
 
 def _service(
-    svc: ServiceObj, source: str, workloads: Mapping[str, Workload], pods: Mapping[str, PodObj]
+    svc: ServiceObj,
+    source: str,
+    workloads: Mapping[str, Workload],
+    pods: Mapping[str, PodObj],
+    slices: Sequence[EndpointSliceObj] = (),
 ) -> tuple[Service, list[ConfigIssue]]:
     issues: list[ConfigIssue] = []
     selected: list[Workload] = []
+    if not svc.selector and slices:
+        uids = {u for s in slices for u in s.pod_uids}
+        ips = {ip for s in slices for ip in s.addresses}
+        for w in workloads.values():
+            if w.namespace == svc.key.namespace and (w.uid in uids or w.ip in ips):
+                selected.append(w)
     if svc.selector:
         wanted = dict(svc.selector)
         for w in workloads.values():
