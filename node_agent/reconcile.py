@@ -206,6 +206,62 @@ class Agent:
         self.pods: dict[str, PodStatus] = {}
         self.ztunnel_connected = False
         self.ztunnel_error: str | None = None
+        #: replaced (after being set) whenever pod or connection state changes
+        self._pulse = asyncio.Event()
+
+    def _status_changed(self) -> None:
+        self._on_status()
+        pulse, self._pulse = self._pulse, asyncio.Event()
+        pulse.set()
+
+    def redirected(self, uid: str, netns: str | None = None) -> bool:
+        """True if the pod's rules are in place and the ztunnel serves it (in ``netns``, if
+        given: a recreated sandbox keeps the pod UID but gets a new netns)."""
+        w = self.local().get(uid)
+        if w is None or not w.enrolled or (netns is not None and w.netns != netns):
+            return False
+        st = self.pods.get(uid)
+        return self._ok(uid, w) and st is not None and st.status == "redirected"
+
+    async def wait_redirected(self, uid: str, netns: str | None, within: float) -> None:
+        """Return once :meth:`redirected`; raise AgentError with the pod's last error (or the
+        ztunnel's) after ``within`` seconds."""
+        try:
+            async with asyncio.timeout(within):
+                while not self.redirected(uid, netns):
+                    await self._pulse.wait()
+        except TimeoutError:
+            st = self.pods.get(uid)
+            if st is not None and st.last_error:
+                why = st.last_error
+            elif not self.ztunnel_connected:
+                why = f"the ztunnel is not connected ({self.ztunnel_error or 'not yet'})"
+            elif st is None:
+                why = "the pod is not enrolled or not known on this node"
+            else:
+                why = f"still {st.status}"
+            raise AgentError(f"pod not redirected within {within:g}s: {why}") from None
+
+    async def uninstall(self) -> int:
+        """The mesh is being removed from this node: take the redirection out of every pod we
+        know of, whether or not the ztunnel is still there, so pods keep working unmeshed.
+        Returns how many pods were released."""
+        netns = {uid: w.netns for uid, w in self.local().items() if w.netns is not None}
+        netns.update({uid: w.netns for uid, w in self.added.items() if w.netns is not None})
+        released = 0
+        for uid in sorted(netns):
+            if self.rules.get(uid, EMPTY) == EMPTY and uid not in self.added:
+                continue
+            try:
+                await self.redirector.remove(netns[uid])
+            except NetnsError:
+                pass  # the pod is gone
+            except AgentError as exc:
+                log.error("uninstall: cannot remove the redirection of pod %s: %s", uid, exc)
+                continue
+            self.rules.pop(uid, None)
+            released += 1
+        return released
 
     def notify(self) -> None:
         """The workloads changed: reconcile soon."""
@@ -255,7 +311,7 @@ class Agent:
                 self.ztunnel_connected, self.ztunnel_error = False, str(exc)
                 for p in self.pods.values():
                     p.in_ztunnel = False
-                self._on_status()
+                self._status_changed()
                 delay = self._backoff.next()
                 log.warning("ztunnel: %s; reconnecting in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
@@ -335,7 +391,7 @@ class Agent:
                     st.status, st.since = "removed", time.time()
                 else:
                     del self.pods[uid]
-        self._on_status()
+        self._status_changed()
 
     def _ok(self, uid: str, w: Workload) -> bool:
         return uid in self.rules and self.added.get(uid) == w
