@@ -1,0 +1,364 @@
+"""The agent's end of the CNI plugin: an asyncio Unix-socket server dispatching to a backend.
+
+Invariants:
+
+* The socket file is created mode 0600 (bound under a temporary name, chmod-ed, then renamed
+  into place); a stale socket file is replaced, a live one (another agent answers on it) or a
+  non-socket file at the path is an error. ``close()`` removes the file only while it is still
+  the one this server bound.
+* Every connection gets exactly one response frame (``protocol.response_frame``) unless the
+  client is gone. Nothing the client sends or the backend raises can make a connection hang:
+  reading the request is bounded in bytes and time, each backend call in time.
+* At most ``max_connections`` connections are served at once; beyond that the server stops
+  accepting and the kernel's listen backlog holds the rest (the plugin retries its connect
+  until its own deadline): bounded memory, natural backpressure.
+* Each connection is one task owned by the server (no fire-and-forget): ``close()`` stops
+  accepting, lets running requests finish for ``drain_timeout`` seconds, then cancels the rest
+  and waits for them.
+* A DEL the agent cannot even parse is answered with success: a pod must always be deletable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import stat
+from typing import Protocol
+
+from node_agent.cni import protocol
+from node_agent.cni.errors import CniCode, CniFailure, CniRequestError, CniServerError
+from node_agent.cni.protocol import (
+    AddRequest,
+    CheckRequest,
+    Command,
+    DelRequest,
+    Envelope,
+    StatusRequest,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = "/var/run/nodemesh/cni.sock"
+
+
+class CniBackend(Protocol):
+    async def add(self, req: AddRequest) -> None:
+        """Return when redirection is in place or the pod is not enrolled; raise
+        :class:`~node_agent.cni.errors.CniFailure` to fail the pod sandbox."""
+
+    async def delete(self, req: DelRequest) -> None: ...
+
+    async def check(self, req: CheckRequest) -> None: ...
+
+
+class CniServer:
+    """Serves the CNI plugin's requests on ``path``.
+
+    Use ``async with CniServer(path, backend):`` or ``await server.serve(stop)``.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        backend: CniBackend,
+        *,
+        max_request_bytes: int = protocol.MAX_REQUEST_BYTES,
+        read_timeout: float = 10.0,
+        backend_timeout: float = 55.0,
+        write_timeout: float = 10.0,
+        max_connections: int = 64,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.path = path
+        self._backend = backend
+        self._max_request_bytes = max_request_bytes
+        self._read_timeout = read_timeout
+        # below the plugin's 60 s, so the runtime gets our explanation rather than its timeout
+        self._backend_timeout = backend_timeout
+        self._write_timeout = write_timeout
+        self._drain_timeout = drain_timeout
+        self._slots = asyncio.Semaphore(max_connections)
+        self._listener: socket.socket | None = None
+        self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
+        self._accept_task: asyncio.Task[None] | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+        self.ready = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._listener is not None:
+            raise CniServerError(f"CNI server at {self.path} already started")
+        self._listener = self._bind()
+        self._accept_task = asyncio.create_task(self._accept_loop(), name=f"cni-accept {self.path}")
+        self.ready.set()
+        log.info("serving the CNI plugin on %s", self.path)
+
+    async def close(self) -> None:
+        """Stop accepting, drain running requests (then cancel), remove the socket file."""
+        self.ready.clear()
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+            self._accept_task = None
+        self._unlink_if_ours()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._conns:
+            _, pending = await asyncio.wait(set(self._conns), timeout=self._drain_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning(
+                    "cancelled %d CNI request(s) still running after %.0f s of drain",
+                    len(pending),
+                    self._drain_timeout,
+                )
+                await asyncio.wait(pending)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then drain and close."""
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.close()
+
+    async def __aenter__(self) -> CniServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._conns)
+
+    # --- socket ------------------------------------------------------------------------------
+
+    def _bind(self) -> socket.socket:
+        directory = os.path.dirname(self.path) or "."
+        try:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            raise CniServerError(
+                f"cannot create {directory} for the CNI socket: {exc}; is the directory a "
+                "hostPath mount the DaemonSet can write?"
+            ) from exc
+        self._remove_stale()
+        tmp = os.path.join(directory, f".cni-{secrets.token_hex(6)}.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(tmp)
+            os.chmod(tmp, 0o600)
+            sock.listen(128)
+            sock.setblocking(False)
+            os.rename(tmp, self.path)
+            st = os.stat(self.path)
+        except OSError as exc:
+            sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise CniServerError(f"cannot serve the CNI socket at {self.path}: {exc}") from exc
+        self._bound = (st.st_dev, st.st_ino)
+        return sock
+
+    def _remove_stale(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise CniServerError(
+                f"{self.path} exists and is not a socket; remove it or choose another "
+                "--cni-socket"
+            )
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.setblocking(False)
+        try:
+            probe.connect(self.path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            pass  # stale: nobody listens
+        except BlockingIOError:
+            raise CniServerError(
+                f"another process serves {self.path} (its backlog is full); is a second node "
+                "agent running on this node?"
+            ) from None
+        else:
+            raise CniServerError(
+                f"another process serves {self.path}; is a second node agent running on this "
+                "node?"
+            )
+        finally:
+            probe.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        log.info("replaced the stale CNI socket file %s", self.path)
+
+    def _unlink_if_ours(self) -> None:
+        if self._bound is None:
+            return
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._bound:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove the CNI socket %s: %s", self.path, exc)
+        self._bound = None
+
+    # --- connections -------------------------------------------------------------------------
+
+    async def _accept_loop(self) -> None:
+        assert self._listener is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()
+            try:
+                conn, _ = await loop.sock_accept(self._listener)
+            except BaseException:
+                self._slots.release()
+                raise
+            task = asyncio.create_task(self._serve_conn(conn), name="cni-request")
+            self._conns.add(task)
+            task.add_done_callback(self._conn_done)
+
+    def _conn_done(self, task: asyncio.Task[None]) -> None:
+        self._conns.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("CNI connection handler failed", exc_info=task.exception())
+
+    async def _serve_conn(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        try:
+            reader, writer = await asyncio.open_unix_connection(
+                sock=conn, limit=self._max_request_bytes
+            )
+        except BaseException:
+            conn.close()
+            raise
+        try:
+            response = await self._respond(reader)
+            writer.write(response)
+            async with asyncio.timeout(self._write_timeout):
+                await writer.drain()
+        except (ConnectionError, TimeoutError) as exc:
+            log.warning("CNI plugin went away before its answer was written: %s", exc)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(self._write_timeout):
+                    await writer.wait_closed()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
+        """The whole request up to EOF. Oversized requests are read to the end (and dropped)
+        so that the plugin gets the answer instead of a reset connection."""
+        chunks: list[bytes] = []
+        size = 0
+        oversized = False
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                while chunk := await reader.read(65536):
+                    size += len(chunk)
+                    if size > self._max_request_bytes:
+                        oversized = True
+                        chunks.clear()
+                    elif not oversized:
+                        chunks.append(chunk)
+        except TimeoutError:
+            raise CniRequestError(
+                f"request not complete after {self._read_timeout:.0f} s ({size} bytes read)",
+                "the plugin sends its whole request at once and then shuts down its write side",
+                CniCode.AGENT_PROTOCOL,
+            ) from None
+        if oversized:
+            raise CniRequestError(
+                f"request of {size} bytes is larger than the {self._max_request_bytes} byte limit",
+                f"the network configuration may be at most {protocol.MAX_CONFIG_BYTES} bytes",
+                CniCode.INVALID_CONFIG,
+            )
+        return b"".join(chunks)
+
+    async def _respond(self, reader: asyncio.StreamReader) -> bytes:
+        try:
+            data = await self._read_request(reader)
+            envelope = protocol.parse_request(data)
+        except CniRequestError as exc:
+            if exc.command == Command.DEL.value:
+                log.warning("CNI DEL with an invalid request answered with success: %s", exc.msg)
+                return protocol.response_frame(0, b"")
+            log.warning("invalid CNI request: %s", exc.msg)
+            return self._error(exc.cni_version, exc)
+        try:
+            stdout = await self._dispatch(envelope)
+        except CniFailure as exc:
+            log.warning("CNI %s failed: %s", _describe(envelope), exc.msg)
+            return self._error(envelope.cni_version, exc)
+        return protocol.response_frame(0, stdout)
+
+    async def _dispatch(self, envelope: Envelope) -> bytes:
+        req = envelope.request
+        if isinstance(req, StatusRequest):
+            return b""  # the agent is up and serves ADD
+        what = _describe(envelope)
+        try:
+            async with asyncio.timeout(self._backend_timeout) as deadline:
+                if isinstance(req, AddRequest):
+                    await self._backend.add(req)
+                elif isinstance(req, DelRequest):
+                    await self._backend.delete(req)
+                else:
+                    await self._backend.check(req)
+        except CniFailure:
+            raise
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise _internal(what, exc) from exc
+            raise CniFailure(
+                f"nodemesh node agent: {what} did not finish within "
+                f"{self._backend_timeout:.0f} s; the kubelet will retry",
+                "check the node agent's log for this pod",
+                CniCode.TRY_AGAIN_LATER,
+            ) from None
+        except Exception as exc:
+            log.exception("CNI backend failed on %s", what)
+            raise _internal(what, exc) from exc
+        log.info("CNI %s done", what)
+        if isinstance(req, AddRequest):
+            assert envelope.prev_result is not None
+            return protocol.success_output(envelope.cni_version, envelope.prev_result)
+        return b""
+
+    @staticmethod
+    def _error(cni_version: str | None, exc: CniFailure) -> bytes:
+        version = cni_version or protocol.SUPPORTED_VERSIONS[-1]
+        return protocol.response_frame(
+            1, protocol.error_output(version, exc.code, exc.msg, exc.details)
+        )
+
+
+def _describe(envelope: Envelope) -> str:
+    req = envelope.request
+    if isinstance(req, StatusRequest):
+        return "STATUS"
+    pod = f"{req.pod_namespace}/{req.pod_name}"
+    return f"{envelope.command.value} of pod {pod} (container {req.container_id})"
+
+
+def _internal(what: str, exc: BaseException) -> CniFailure:
+    return CniFailure(
+        f"nodemesh node agent failed on {what}: {type(exc).__name__}: {exc}",
+        "this is a bug in the node agent; its log has the traceback",
+        CniCode.AGENT_INTERNAL,
+    )
