@@ -16,15 +16,19 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node_agent.config import Config
 from node_agent.discovery import DiscoveryClient
 from node_agent.errors import AgentError, RedirectError
-from node_agent.reconcile import Agent, ZtunnelSession
+from node_agent.reconcile import Agent, WorkloadSource, ZtunnelSession
 from node_agent.redirect import Redirector
 from node_agent.redirect.plan import Settings
 from node_agent.status import write_atomic
 from node_agent.zds import ZdsConnection
+
+if TYPE_CHECKING:
+    from node_agent.kube.runtime import KubeNode
 
 log = logging.getLogger(__name__)
 
@@ -72,25 +76,35 @@ def choose_redirector(config: Config) -> tuple[Redirector, str]:
 
 
 def status_doc(
-    config: Config, mode: str, reason: str, agent: Agent, disc: DiscoveryClient
+    config: Config,
+    mode: str,
+    reason: str,
+    agent: Agent,
+    disc: DiscoveryClient | None,
+    kube: KubeNode | None,
 ) -> dict[str, object]:
-    return {
+    doc: dict[str, object] = {
         "node": config.node,
+        "source": config.source,
         "redirectMode": mode,
         "redirectModeReason": reason,
         "mode": mode,  # the names docs/CONTRACTS.md first gave them (read by `meshctl status`)
         "modeReason": reason,
         "updated": time.time(),
         "ztunnel": {"connected": agent.ztunnel_connected, "lastError": agent.ztunnel_error},
-        "discovery": {
+    }
+    if disc is not None:
+        doc["discovery"] = {
             "connected": disc.connected,
             "synced": disc.state.synced,
             "epoch": disc.state.epoch,
             "version": disc.state.version,
             "lastError": disc.last_error,
-        },
-        "pods": [agent.pods[u].to_json() for u in sorted(agent.pods)],
-    }
+        }
+    if kube is not None:
+        doc["kubernetes"] = kube.status()
+    doc["pods"] = [agent.pods[u].to_json() for u in sorted(agent.pods)]
+    return doc
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
@@ -99,9 +113,22 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     (log.warning if "not usable" in reason else log.info)("redirect mode %s (%s)", mode, reason)
     settings = Settings(host_probe_ip=config.host_probe_ip)
     notify: list[Callable[[], None]] = []
-    disc = DiscoveryClient(
-        config.controller, config.ca_root, config.token_file, on_change=lambda: notify[0]()
-    )
+    disc: DiscoveryClient | None = None
+    kube: KubeNode | None = None
+    source: WorkloadSource
+    if config.source == "kubernetes":
+        assert config.kube is not None
+        # imported here: the kubernetes client is only loaded on Kubernetes
+        from node_agent.kube.runtime import KubeNode
+
+        kube = KubeNode(config.node, config.kube)
+        source = kube.pods
+    else:
+        assert config.controller and config.ca_root and config.token_file
+        disc = DiscoveryClient(
+            config.controller, config.ca_root, config.token_file, on_change=lambda: notify[0]()
+        )
+        source = disc
 
     async def connect(on_close: Callable[[], None]) -> AbstractAsyncContextManager[ZtunnelSession]:
         return await ZdsConnection.connect(
@@ -109,10 +136,13 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         )
 
     status_dirty = asyncio.Event()
-    agent = Agent(
-        config.node, settings, redirector, disc, connect,
-        on_status=status_dirty.set,
-    )
+
+    def on_status() -> None:
+        status_dirty.set()
+        if kube is not None:
+            kube.status_changed()
+
+    agent = Agent(config.node, settings, redirector, source, connect, on_status=on_status)
     notify.append(agent.notify)
 
     async def write_status() -> None:
@@ -120,7 +150,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             return
         while True:
             await asyncio.to_thread(
-                write_atomic, config.status_file, status_doc(config, mode, reason, agent, disc)
+                write_atomic,
+                config.status_file,
+                status_doc(config, mode, reason, agent, disc, kube),
             )
             status_dirty.clear()
             with contextlib.suppress(TimeoutError):
@@ -134,12 +166,31 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     with contextlib.suppress(_StopGroup):
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(disc.run(), name="discovery")
+                if kube is not None:
+                    kube.agent = agent
+                    kube.start_watches(asyncio.get_running_loop())
+                    for name, coro in kube.tasks(stop):
+                        tg.create_task(coro, name=name)
+                if disc is not None:
+                    tg.create_task(disc.run(), name="discovery")
                 tg.create_task(agent.run(), name="reconcile")
                 tg.create_task(write_status(), name="status")
                 tg.create_task(until_stopped(), name="stop")
         except* _Stop:
             raise _StopGroup from None
+        finally:
+            if kube is not None:
+                await kube.stop_watches()
+    if kube is not None and await kube.uninstalling():
+        released = await agent.uninstall()
+        await kube.uninstall()
+        if mode == "ebpf":
+            from node_agent.redirect import ebpf
+
+            ebpf.teardown(config.node, config.bpf_pin_root or ebpf.PIN_ROOT)
+        log.info("uninstall: released %d pod(s); the CNI plugin and its config entry are removed",
+                 released)
+        return
     log.info("stopped; pod redirection left in place")
 
 

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from meshapi.errors import IdentityError
+from meshapi.ids import SpiffeId
 from node_agent import config as c
 from node_agent.errors import ConfigError
 
@@ -45,18 +47,39 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--host-probe-ip", c.ENV_HOST_PROBE_IP, "source IP of health probes, not captured")
     add("--status-file", c.ENV_STATUS_FILE, "write per-pod redirection state here as JSON")
     add("--log-level", c.ENV_LOG_LEVEL, "DEBUG, INFO, WARNING, ERROR", "INFO")
+    add("--source", c.ENV_SOURCE,
+        "where this node's pods come from: controller (local mode) | kubernetes", "controller")
+    k = p.add_argument_group("--source kubernetes")
+
+    def kadd(flag: str, var: str, help: str, default: str | None = None) -> None:
+        k.add_argument(flag, default=env.get(var, default), help=f"{help} (env {var})")
+
+    kadd("--kubeconfig", c.ENV_KUBECONFIG,
+         "kubeconfig file (default: the in-cluster service account, else $KUBECONFIG)")
+    kadd("--trust-domain", c.ENV_TRUST_DOMAIN, "SPIFFE trust domain", "cluster.local")
+    kadd("--cni-socket", c.ENV_CNI_SOCKET, "Unix socket the CNI plugin calls",
+         "/var/run/nodemesh/cni.sock")
+    kadd("--cni-bin-dir", c.ENV_CNI_BIN_DIR, "install the CNI plugin binary here")
+    kadd("--cni-conf-dir", c.ENV_CNI_CONF_DIR,
+         "add the plugin to the primary CNI config list here")
+    kadd("--cni-plugin", c.ENV_CNI_PLUGIN, "the CNI plugin binary to install")
+    kadd("--proc-root", c.ENV_PROC_ROOT, "the host's /proc", "/proc")
+    kadd("--pod-name", c.ENV_POD_NAME, "this agent's pod (downward API)")
+    kadd("--pod-namespace", c.ENV_POD_NAMESPACE, "this agent's namespace (downward API)")
     return p
 
 
 def parse(argv: Sequence[str], env: Mapping[str, str]) -> c.Config:
     ns = build_parser(env).parse_args(argv)
-    missing = [
-        f"--{name.replace('_', '-')}"
-        for name in ("node", "controller", "ca_root", "token_file", "zds_socket")
-        if not getattr(ns, name)
-    ]
+    if ns.source not in c.SOURCES:
+        raise ConfigError(f"--source {ns.source!r} is not one of {', '.join(c.SOURCES)}")
+    required: tuple[str, ...] = ("node", "zds_socket")
+    if ns.source == "controller":
+        required += ("controller", "ca_root", "token_file")
+    missing = [f"--{name.replace('_', '-')}" for name in required if not getattr(ns, name)]
     if missing:
         raise ConfigError(f"missing required flag(s): {', '.join(missing)}")
+    kube = _kube(ns) if ns.source == "kubernetes" else None
     if ns.redirect_mode not in c.REDIRECT_MODES:
         raise ConfigError(
             f"--redirect-mode {ns.redirect_mode!r} is not supported; use one of "
@@ -75,9 +98,9 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> c.Config:
         raise ConfigError(f"--log-level {ns.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR")
     return c.Config(
         node=ns.node,
-        controller=ns.controller,
-        ca_root=Path(ns.ca_root),
-        token_file=Path(ns.token_file),
+        controller=ns.controller or None,
+        ca_root=Path(ns.ca_root) if ns.ca_root else None,
+        token_file=Path(ns.token_file) if ns.token_file else None,
         zds_socket=Path(ns.zds_socket),
         redirect_mode=ns.redirect_mode,
         host_probe_ip=probe,
@@ -87,6 +110,33 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> c.Config:
         bpf_dir=Path(ns.bpf_dir) if ns.bpf_dir else None,
         bpf_pin_root=Path(ns.bpf_pin_root) if ns.bpf_pin_root else None,
         ebpf_sockmap=bool(ns.ebpf_sockmap),
+        source=ns.source,
+        kube=kube,
+    )
+
+
+def _kube(ns: argparse.Namespace) -> c.KubeConfig:
+    try:
+        SpiffeId(ns.trust_domain, "default", "default")
+    except IdentityError as exc:
+        raise ConfigError(f"--trust-domain {ns.trust_domain!r}: {exc}") from exc
+    cni = [ns.cni_bin_dir, ns.cni_conf_dir, ns.cni_plugin]
+    if any(cni) and not all(cni):
+        raise ConfigError("--cni-bin-dir, --cni-conf-dir and --cni-plugin go together")
+    if ns.cni_plugin and not os.access(ns.cni_plugin, os.X_OK):
+        raise ConfigError(f"--cni-plugin {ns.cni_plugin}: not an executable file")
+    if bool(ns.pod_name) != bool(ns.pod_namespace):
+        raise ConfigError("--pod-name and --pod-namespace go together")
+    return c.KubeConfig(
+        kubeconfig=Path(ns.kubeconfig) if ns.kubeconfig else None,
+        trust_domain=ns.trust_domain,
+        cni_socket=Path(ns.cni_socket),
+        cni_bin_dir=Path(ns.cni_bin_dir) if ns.cni_bin_dir else None,
+        cni_conf_dir=Path(ns.cni_conf_dir) if ns.cni_conf_dir else None,
+        cni_plugin=Path(ns.cni_plugin) if ns.cni_plugin else None,
+        proc_root=Path(ns.proc_root),
+        pod_name=ns.pod_name or None,
+        pod_namespace=ns.pod_namespace or None,
     )
 
 

@@ -20,6 +20,19 @@ ENV_CGROUP: Final = "NODEMESH_CGROUP"
 ENV_BPF_DIR: Final = "NODEMESH_BPF_DIR"
 ENV_BPF_PIN_ROOT: Final = "NODEMESH_BPF_PIN_ROOT"
 ENV_EBPF_SOCKMAP: Final = "NODEMESH_EBPF_SOCKMAP"
+ENV_SOURCE: Final = "NODEMESH_AGENT_SOURCE"
+ENV_KUBECONFIG: Final = "NODEMESH_KUBECONFIG"
+ENV_TRUST_DOMAIN: Final = "NODEMESH_TRUST_DOMAIN"
+ENV_CNI_SOCKET: Final = "NODEMESH_CNI_SOCKET"
+ENV_CNI_BIN_DIR: Final = "NODEMESH_CNI_BIN_DIR"
+ENV_CNI_CONF_DIR: Final = "NODEMESH_CNI_CONF_DIR"
+ENV_CNI_PLUGIN: Final = "NODEMESH_CNI_PLUGIN"
+ENV_PROC_ROOT: Final = "NODEMESH_PROC_ROOT"
+#: set by the DaemonSet from the downward API: the agent's own pod (to detect an uninstall)
+ENV_POD_NAME: Final = "POD_NAME"
+ENV_POD_NAMESPACE: Final = "POD_NAMESPACE"
+
+SOURCES: Final = ("controller", "kubernetes")
 
 REDIRECT_MODES: Final = ("auto", "ebpf", "iptables")
 
@@ -27,9 +40,10 @@ REDIRECT_MODES: Final = ("auto", "ebpf", "iptables")
 @dataclass(frozen=True, slots=True)
 class Config:
     node: str
-    controller: str
-    ca_root: Path
-    token_file: Path
+    #: the controller's API, its trust anchor and this node's credential (--source controller)
+    controller: str | None
+    ca_root: Path | None
+    token_file: Path | None
     zds_socket: Path
     redirect_mode: str = "auto"
     host_probe_ip: ipaddress.IPv4Address | None = None
@@ -43,3 +57,27 @@ class Config:
     bpf_pin_root: Path | None = None
     #: eBPF mode: the in-pod app <-> ztunnel hop skips TCP/IP (sockmap + sk_msg)
     ebpf_sockmap: bool = False
+    #: where the node's pods come from: the controller's discovery stream (local mode) or the
+    #: Kubernetes API (watches + the CNI plugin)
+    source: str = "controller"
+    kube: KubeConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KubeConfig:
+    """``--source kubernetes`` only."""
+
+    #: None: in-cluster service account (else $KUBECONFIG)
+    kubeconfig: Path | None
+    trust_domain: str
+    #: the Unix socket the CNI plugin calls
+    cni_socket: Path
+    #: where the plugin binary and its config entry are installed (None: not installed by us)
+    cni_bin_dir: Path | None
+    cni_conf_dir: Path | None
+    cni_plugin: Path | None
+    #: the host's /proc (to find the netns of pods that predate the agent)
+    proc_root: Path
+    #: this agent's own pod, to tell an uninstall (DaemonSet deleted) from a restart
+    pod_name: str | None
+    pod_namespace: str | None
