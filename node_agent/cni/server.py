@@ -103,12 +103,13 @@ class CniServer:
     async def close(self) -> None:
         """Stop accepting, drain running requests (then cancel), remove the socket file."""
         self.ready.clear()
+        # first, before any await: new plugins fail fast (and ADD is retried by the kubelet)
+        self._unlink_if_ours()
         if self._accept_task is not None:
             self._accept_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._accept_task
             self._accept_task = None
-        self._unlink_if_ours()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -118,7 +119,7 @@ class CniServer:
                 task.cancel()
             if pending:
                 log.warning(
-                    "cancelled %d CNI request(s) still running after %.0f s of drain",
+                    "cancelled %d CNI request(s) still running after %g s of drain",
                     len(pending),
                     self._drain_timeout,
                 )
@@ -278,7 +279,7 @@ class CniServer:
                         chunks.append(chunk)
         except TimeoutError:
             raise CniRequestError(
-                f"request not complete after {self._read_timeout:.0f} s ({size} bytes read)",
+                f"request not complete after {self._read_timeout:g} s ({size} bytes read)",
                 "the plugin sends its whole request at once and then shuts down its write side",
                 CniCode.AGENT_PROTOCOL,
             ) from None
@@ -327,7 +328,7 @@ class CniServer:
                 raise _internal(what, exc) from exc
             raise CniFailure(
                 f"nodemesh node agent: {what} did not finish within "
-                f"{self._backend_timeout:.0f} s; the kubelet will retry",
+                f"{self._backend_timeout:g} s; the kubelet will retry",
                 "check the node agent's log for this pod",
                 CniCode.TRY_AGAIN_LATER,
             ) from None
