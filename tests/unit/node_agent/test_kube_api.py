@@ -148,7 +148,7 @@ async def test_reads_and_the_redirection_annotation(fake: FakeKubeApi, tmp_path:
 async def test_forbidden_is_a_clear_error(fake: FakeKubeApi, tmp_path: Path) -> None:
     fake.restrict(TOKEN, [("list", "pods")])
     api = await node_api(fake, tmp_path)
-    with pytest.raises(KubeError, match="403.*cannot get resource"):
+    with pytest.raises(KubeError, match=r"403.*cannot get resource"):
         await asyncio.to_thread(api.get_pod, "apps", "a")
 
 
