@@ -6,15 +6,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from controller import app
 from controller import config as c
+from controller.auth import ServiceAccountRef
 from controller.errors import StartupError
 from meshapi.errors import IdentityError
-from meshapi.ids import SpiffeId, is_dns_label
+from meshapi.ids import SpiffeId, is_dns_label, is_dns_subdomain
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -26,8 +28,21 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         value = env.get(var, default)
         p.add_argument(flag, default=value, required=value is None, help=f"{help_} (env {var})")
 
-    opt("--config-dir", c.ENV_CONFIG_DIR, "watched directory of Kubernetes-shaped YAML")
-    opt("--state-dir", c.ENV_STATE_DIR, "CA in DIR/ca/, API certificate in DIR/tls/")
+    def optional(flag: str, var: str, help_: str) -> None:
+        p.add_argument(flag, default=env.get(var) or None, help=f"{help_} (env {var})")
+
+    opt(
+        "--source",
+        c.ENV_SOURCE,
+        "where the configuration comes from: local (a directory) or kubernetes (the API)",
+        c.SOURCE_LOCAL,
+    )
+    optional("--config-dir", c.ENV_CONFIG_DIR, "local: watched directory of Kubernetes-shaped YAML")
+    optional(
+        "--state-dir",
+        c.ENV_STATE_DIR,
+        "CA in DIR/ca/ (local), API certificate in DIR/tls/ (kubernetes: optional)",
+    )
     p.add_argument(
         "--ca-cert",
         default=env.get(c.ENV_CA_CERT),
@@ -41,10 +56,52 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env.get(c.ENV_CA_CHAIN),
         help=f"issuers of an intermediate --ca-cert up to the root (env {c.ENV_CA_CHAIN})",
     )
-    opt(
+    optional(
         "--node-tokens-dir",
         c.ENV_NODE_TOKENS_DIR,
-        "one file per node: name = node, content = bootstrap token",
+        "local: one file per node: name = node, content = bootstrap token",
+    )
+    optional(
+        "--kubeconfig",
+        c.ENV_KUBECONFIG,
+        "kubernetes: kubeconfig file (default: in-cluster service account, else $KUBECONFIG)",
+    )
+    opt(
+        "--namespace",
+        c.ENV_POD_NAMESPACE,
+        "kubernetes: the controller's own namespace (Lease, CA Secret, root ConfigMap)",
+        c.DEFAULT_NAMESPACE,
+    )
+    optional(
+        "--pod-name",
+        c.ENV_POD_NAME,
+        "kubernetes: this replica's pod name, the leader Lease holder identity (default: "
+        "the host name, which is the pod name in a pod)",
+    )
+    opt("--ca-secret", c.ENV_CA_SECRET, "kubernetes: Secret holding the CA", c.DEFAULT_CA_SECRET)
+    opt(
+        "--ca-root-configmap",
+        c.ENV_CA_ROOT_CONFIGMAP,
+        "kubernetes: ConfigMap the root certificate is published in (key root-cert.pem)",
+        c.DEFAULT_CA_ROOT_CONFIGMAP,
+    )
+    opt(
+        "--leader-lease",
+        c.ENV_LEADER_LEASE,
+        "kubernetes: Lease for single-writer work",
+        c.DEFAULT_LEADER_LEASE,
+    )
+    opt(
+        "--token-audience",
+        c.ENV_TOKEN_AUDIENCE,
+        "kubernetes: audience of the nodes' projected service-account tokens",
+        c.DEFAULT_TOKEN_AUDIENCE,
+    )
+    opt(
+        "--node-service-account",
+        c.ENV_NODE_SERVICE_ACCOUNT,
+        "kubernetes: NAMESPACE:NAME of the node DaemonSet's service account",
+        c.DEFAULT_NODE_SERVICE_ACCOUNT,
     )
     opt("--listen", c.ENV_LISTEN, "API (TLS) HOST:PORT", c.DEFAULT_LISTEN)
     opt(
@@ -106,10 +163,64 @@ def parse_config(
         parser.error("--ca-cert and --ca-key go together")
     if ns.ca_chain is not None and ns.ca_cert is None:
         parser.error("--ca-chain needs --ca-cert and --ca-key")
+    if ns.source not in c.SOURCES:
+        parser.error(f"--source {ns.source!r}: expected one of {', '.join(c.SOURCES)}")
+    pod_name = ns.pod_name or ""
+    if ns.source == c.SOURCE_LOCAL:
+        missing = [
+            flag
+            for flag, value in (
+                ("--config-dir", ns.config_dir),
+                ("--state-dir", ns.state_dir),
+                ("--node-tokens-dir", ns.node_tokens_dir),
+            )
+            if not value
+        ]
+        if missing:
+            parser.error(f"--source local needs {', '.join(missing)}")
+        if ns.kubeconfig:
+            parser.error("--kubeconfig is for --source kubernetes")
+    else:
+        for flag, value in (
+            ("--config-dir", ns.config_dir),
+            ("--node-tokens-dir", ns.node_tokens_dir),
+        ):
+            if value:
+                parser.error(
+                    f"{flag} is for --source local; with --source kubernetes the configuration "
+                    "comes from the API and nodes authenticate by TokenReview"
+                )
+        pod_name = pod_name or socket.gethostname()
+        if not is_dns_subdomain(pod_name):
+            parser.error(f"--pod-name: {pod_name!r} is not a pod name")
+        if not is_dns_label(ns.namespace):
+            parser.error(f"--namespace: {ns.namespace!r} is not a namespace name")
+        for flag, value in (
+            ("--ca-secret", ns.ca_secret),
+            ("--ca-root-configmap", ns.ca_root_configmap),
+            ("--leader-lease", ns.leader_lease),
+        ):
+            if not is_dns_subdomain(value):
+                parser.error(f"{flag}: {value!r} is not an object name (RFC 1123 subdomain)")
+        if not ns.token_audience.strip():
+            parser.error("--token-audience must not be empty")
+        try:
+            ServiceAccountRef.parse(ns.node_service_account)
+        except ValueError as exc:
+            parser.error(f"--node-service-account: {exc}")
     return c.Config(
-        config_dir=Path(ns.config_dir),
-        state_dir=Path(ns.state_dir),
-        node_tokens_dir=Path(ns.node_tokens_dir),
+        source=ns.source,
+        config_dir=Path(ns.config_dir) if ns.config_dir else None,
+        state_dir=Path(ns.state_dir) if ns.state_dir else None,
+        node_tokens_dir=Path(ns.node_tokens_dir) if ns.node_tokens_dir else None,
+        kubeconfig=Path(ns.kubeconfig) if ns.kubeconfig else None,
+        namespace=ns.namespace,
+        pod_name=pod_name,
+        ca_secret=ns.ca_secret,
+        ca_root_configmap=ns.ca_root_configmap,
+        leader_lease=ns.leader_lease,
+        token_audience=ns.token_audience,
+        node_service_account=ns.node_service_account,
         listen=listen,
         metrics_listen=metrics_listen,
         ca_cert=Path(ns.ca_cert) if ns.ca_cert else None,

@@ -1,6 +1,9 @@
 """The controller's frozen configuration and the environment variable names of its flags.
 
 Every flag of ``docs/CONTRACTS.md`` is also readable from the variable named here; the flag wins.
+``source`` selects the mode: ``local`` (config dir, node token files, CA in the state dir) or
+``kubernetes`` (list/watch the API, TokenReview, CA in a Secret, single-writer work under a
+Lease); the fields that only one mode uses say so.
 """
 
 from __future__ import annotations
@@ -31,6 +34,28 @@ ENV_TRUST_DOMAIN: Final = "NODEMESH_CONTROLLER_TRUST_DOMAIN"
 ENV_WORKLOAD_CERT_TTL: Final = "NODEMESH_CONTROLLER_WORKLOAD_CERT_TTL"
 ENV_LOG_LEVEL: Final = "NODEMESH_CONTROLLER_LOG_LEVEL"
 ENV_ROOT_NAMESPACE: Final = "NODEMESH_CONTROLLER_ROOT_NAMESPACE"
+ENV_SOURCE: Final = "NODEMESH_CONTROLLER_SOURCE"
+ENV_KUBECONFIG: Final = "NODEMESH_CONTROLLER_KUBECONFIG"
+#: set by the Deployment from the downward API (metadata.namespace / metadata.name)
+ENV_POD_NAMESPACE: Final = "POD_NAMESPACE"
+ENV_POD_NAME: Final = "POD_NAME"
+ENV_CA_SECRET: Final = "NODEMESH_CONTROLLER_CA_SECRET"  # noqa: S105 - a variable name
+ENV_CA_ROOT_CONFIGMAP: Final = "NODEMESH_CONTROLLER_CA_ROOT_CONFIGMAP"
+ENV_LEADER_LEASE: Final = "NODEMESH_CONTROLLER_LEADER_LEASE"
+ENV_TOKEN_AUDIENCE: Final = "NODEMESH_CONTROLLER_TOKEN_AUDIENCE"  # noqa: S105 - a variable name
+ENV_NODE_SERVICE_ACCOUNT: Final = "NODEMESH_CONTROLLER_NODE_SERVICE_ACCOUNT"
+
+SOURCE_LOCAL: Final = "local"
+SOURCE_KUBERNETES: Final = "kubernetes"
+SOURCES: Final = (SOURCE_LOCAL, SOURCE_KUBERNETES)
+DEFAULT_NAMESPACE: Final = "nodemesh-system"
+DEFAULT_CA_SECRET: Final = "nodemesh-ca"  # noqa: S105 - a Secret name
+DEFAULT_CA_ROOT_CONFIGMAP: Final = "nodemesh-ca-root"
+DEFAULT_LEADER_LEASE: Final = "nodemesh-controller"
+DEFAULT_TOKEN_AUDIENCE: Final = "nodemesh"  # noqa: S105 - an audience
+DEFAULT_NODE_SERVICE_ACCOUNT: Final = "nodemesh-system:nodemesh-node"
+#: the Service in front of the controller: its names go into the API certificate by default
+CONTROLLER_SERVICE: Final = "nodemesh-controller"
 
 DEFAULT_LISTEN: Final = f"0.0.0.0:{CONTROLLER_API_PORT}"
 DEFAULT_METRICS_LISTEN: Final = f"0.0.0.0:{CONTROLLER_METRICS_PORT}"
@@ -62,9 +87,12 @@ def parse_host_port(value: str) -> HostPort:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    config_dir: Path
-    state_dir: Path
-    node_tokens_dir: Path
+    #: local mode: required; kubernetes mode: unused
+    config_dir: Path | None = None
+    #: local mode: required (CA and API certificate); kubernetes mode: optional, API certificate
+    state_dir: Path | None = None
+    #: local mode: required; kubernetes mode: unused (TokenReview)
+    node_tokens_dir: Path | None = None
     listen: HostPort = field(default_factory=lambda: parse_host_port(DEFAULT_LISTEN))
     metrics_listen: HostPort = field(
         default_factory=lambda: parse_host_port(DEFAULT_METRICS_LISTEN)
@@ -82,3 +110,23 @@ class Config:
     #: how long a graceful drain may take before connections are cut
     drain_timeout_seconds: float = 5.0
     log_level: str = "INFO"
+    source: str = SOURCE_LOCAL
+    # ---- kubernetes mode ----
+    #: None: in-cluster service account, else $KUBECONFIG / ~/.kube/config
+    kubeconfig: Path | None = None
+    #: the controller's own namespace (Lease, CA Secret, root ConfigMap)
+    namespace: str = DEFAULT_NAMESPACE
+    #: this replica's pod name: the Lease holder identity
+    pod_name: str = ""
+    ca_secret: str = DEFAULT_CA_SECRET
+    ca_root_configmap: str = DEFAULT_CA_ROOT_CONFIGMAP
+    leader_lease: str = DEFAULT_LEADER_LEASE
+    token_audience: str = DEFAULT_TOKEN_AUDIENCE
+    #: NAMESPACE:NAME of the node DaemonSet's service account
+    node_service_account: str = DEFAULT_NODE_SERVICE_ACCOUNT
+    lease_duration_seconds: float = 15.0
+    lease_renew_seconds: float = 5.0
+    #: watch requests end after this long and are resumed (bounds how long a stop takes)
+    watch_timeout_seconds: int = 5
+    #: how long a follower waits at start for the leader to create the CA Secret
+    ca_wait_seconds: float = 120.0

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from controller.metrics import Metrics
+from controller.source import IssueLog
 from controller.translate import (
     Accepted,
     ConfigIssue,
@@ -88,18 +89,24 @@ class LocalSource:
         self._files: dict[str, FileContent] = {}
         self._dir_issue: ConfigIssue | None = None
         self._last_good: dict[ObjectKey, Accepted] = {}
-        self._errors: tuple[ConfigIssue, ...] = ()
-        self._warnings: tuple[ConfigIssue, ...] = ()
+        self._issues = IssueLog(metrics)
         self._signatures: frozenset[Signature] | None = None
-        self.loaded = False
+        self._loaded = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
 
     @property
     def errors(self) -> tuple[ConfigIssue, ...]:
-        return self._errors
+        return self._issues.errors
 
     @property
     def warnings(self) -> tuple[ConfigIssue, ...]:
-        return self._warnings
+        return self._issues.warnings
+
+    def status(self) -> Mapping[str, Any]:
+        return {"source": "local", "configDir": str(self._dir), "files": len(self._files)}
 
     def _scan(self) -> dict[str, Signature]:
         sigs: dict[str, Signature] = {}
@@ -170,11 +177,8 @@ class LocalSource:
             file_issues.append(self._dir_issue)
         errors = tuple(sorted(set(result.errors) | set(file_issues)))
         self._last_good = result.accepted
-        self._report(errors)
-        for warning in sorted(set(result.warnings) - set(self._warnings)):
-            log.warning("event=policy_warning %s", warning)
-        self._warnings = result.warnings
-        self.loaded = True
+        self._issues.report(errors, result.warnings)
+        self._loaded = True
         self._on_change(
             Translation(
                 result.workloads,
@@ -186,16 +190,6 @@ class LocalSource:
                 result.warnings,
             )
         )
-
-    def _report(self, errors: tuple[ConfigIssue, ...]) -> None:
-        before, after = set(self._errors), set(errors)
-        for issue in sorted(after - before):
-            self._metrics.config_rejections.inc()
-            log.warning("event=config_rejected %s", issue)
-        for issue in sorted(before - after):
-            log.info("event=config_error_resolved %s", issue)
-        self._errors = errors
-        self._metrics.config_errors.set(len(errors))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set."""
