@@ -19,6 +19,7 @@ HTTP status (None when the server could not be reached) and the API's own messag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from collections.abc import Iterator, Sequence
@@ -99,12 +100,14 @@ def _status_message(status: int, data: bytes) -> str:
 
 
 class WatchStream:
-    """One open watch response: iterate decoded events; :meth:`close` from any thread ends it."""
+    """One open watch response: iterate decoded events. :meth:`interrupt` (from any thread) ends
+    it at once; :meth:`close` (the reading thread, when done) gives the connection back."""
 
     def __init__(self, response: Any, what: str) -> None:
         self._resp = response
         self._what = what
-        self._closed = False
+        self._interrupted = False
+        self._complete = False
 
     def __iter__(self) -> Iterator[object]:
         buffer = bytearray()
@@ -124,11 +127,12 @@ class WatchStream:
                         f"{self._what}: a watch event exceeds {MAX_LINE_BYTES} bytes", None
                     )
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-            if self._closed:
+            if self._interrupted:
                 return
             raise KubeError(f"{self._what}: the watch stream broke: {exc}", None) from exc
-        if buffer.strip() and not self._closed:
+        if buffer.strip() and not self._interrupted:
             yield self._decode(bytes(buffer))
+        self._complete = True
 
     def _decode(self, line: bytes) -> object:
         try:
@@ -137,22 +141,24 @@ class WatchStream:
             raise KubeError(f"{self._what}: a watch event is not JSON: {exc}", None) from exc
         return event
 
-    def close(self) -> None:
-        """End the stream now (safe from another thread: shuts the socket down)."""
-        self._closed = True
+    def interrupt(self) -> None:
+        """End the stream now, from any thread (shuts the socket down under the reader)."""
+        self._interrupted = True
         try:
             self._resp.shutdown()
-        except (AttributeError, OSError):
+        except (AttributeError, OSError, ValueError, RuntimeError):
+            # older urllib3, or nothing left to shut down (already complete or released)
             sock = getattr(getattr(self._resp, "connection", None), "sock", None)
             if sock is not None:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        try:
+
+    def close(self) -> None:
+        """Done reading: a complete stream's connection is reused, any other is dropped."""
+        with contextlib.suppress(OSError, urllib3.exceptions.HTTPError):
+            if not self._complete:
+                self._resp.close()
             self._resp.release_conn()
-        except (OSError, urllib3.exceptions.HTTPError):
-            pass
 
 
 class KubeClient:

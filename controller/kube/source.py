@@ -57,7 +57,7 @@ WATCHED: Final = (
     Resource(KIND_AUTHZ, POLICY_API_VERSION, "authorizationpolicies"),
     Resource(KIND_PEER_AUTHN, POLICY_API_VERSION, "peerauthentications"),
 )
-#: a watch that ends this soon without an event counts as a failure (no hot loop)
+#: a watch that ends this soon without an event is followed by a (growing) pause
 MIN_HEALTHY_WATCH_SECONDS: Final = 1.0
 
 
@@ -110,7 +110,7 @@ class _Watcher:
         with self._stream_lock:
             stream = self._stream
         if stream is not None:
-            stream.close()
+            stream.interrupt()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -180,7 +180,7 @@ class _Watcher:
         with self._stream_lock:
             self._stream = stream
         if self._stop.is_set():
-            stream.close()
+            stream.interrupt()
         events = 0
         try:
             for event in stream:
@@ -212,7 +212,11 @@ class _Watcher:
         self.restarts += 1
         self._metrics.watch_restarts.labels(self.label).inc()
         if events == 0 and time.monotonic() - started < MIN_HEALTHY_WATCH_SECONDS:
-            self._failed(None, "the watch ended at once without an event")
+            # not an error (an API server restart ends every watch), but a server that ends
+            # watches at once must not get a request loop: pause, longer each time
+            delay = self._backoff.next()
+            log.debug("event=kube_watch_ended_early resource=%s pause=%.2fs", self.label, delay)
+            self._stop.wait(delay)
         elif events:
             self._backoff.reset()
 
