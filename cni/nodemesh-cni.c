@@ -62,6 +62,7 @@ struct buf {
 };
 
 static char cni_version[32] = FALLBACK_CNI_VERSION;
+static int out_of_memory;
 
 static int buf_append(struct buf *b, const void *data, size_t len)
 {
@@ -70,8 +71,10 @@ static int buf_append(struct buf *b, const void *data, size_t len)
 		while (cap < b->len + len + 1)
 			cap *= 2;
 		char *p = realloc(b->data, cap);
-		if (!p)
+		if (!p) {
+			out_of_memory = 1;
 			return -1;
+		}
 		b->data = p;
 		b->cap = cap;
 	}
@@ -139,9 +142,12 @@ static int cni_error(int code, const char *msg, const char *details)
 	return 1;
 }
 
+/* Reads stdin to EOF (so that the runtime writing it never gets EPIPE); keeps at most
+ * MAX_CONFIG_BYTES: 0, or -1 with errno (EFBIG when there was more). */
 static int read_stdin(struct buf *in)
 {
 	char chunk[65536];
+	int too_big = 0;
 	for (;;) {
 		ssize_t n = read(STDIN_FILENO, chunk, sizeof(chunk));
 		if (n < 0) {
@@ -150,14 +156,19 @@ static int read_stdin(struct buf *in)
 			return -1;
 		}
 		if (n == 0)
-			return 0;
-		if (in->len + (size_t)n > MAX_CONFIG_BYTES) {
-			errno = EFBIG;
-			return -1;
+			break;
+		if (too_big || in->len + (size_t)n > MAX_CONFIG_BYTES) {
+			too_big = 1;
+			continue;
 		}
 		if (buf_append(in, chunk, (size_t)n) < 0)
 			return -1;
 	}
+	if (too_big) {
+		errno = EFBIG;
+		return -1;
+	}
+	return 0;
 }
 
 /*
@@ -371,6 +382,15 @@ static int parse_response(const struct buf *r, size_t *body)
 
 int main(void)
 {
+	/* Read the configuration first, whatever the command: a runtime writing it to a plugin
+	 * that exited early would get EPIPE. Not from a terminal (someone running VERSION). */
+	struct buf config = {0};
+	int stdin_errno = 0;
+	if (!isatty(STDIN_FILENO) && read_stdin(&config) < 0)
+		stdin_errno = errno;
+	if (config.len)
+		scan_cni_version(config.data, config.len);
+
 	const char *command = getenv("CNI_COMMAND");
 	if (!command || !*command)
 		return cni_error(CODE_INVALID_ENV, "CNI_COMMAND is not set",
@@ -395,24 +415,20 @@ int main(void)
 		return cni_error(CODE_INVALID_ENV, msg,
 				 "nodemesh-cni knows ADD, DEL, CHECK, STATUS, GC and VERSION");
 	}
-
-	struct buf config = {0};
-	if (read_stdin(&config) < 0) {
+	if (stdin_errno) {
 		char msg[160];
-		if (errno == EFBIG)
+		if (stdin_errno == EFBIG)
 			snprintf(msg, sizeof(msg),
 				 "network configuration on stdin is larger than %d bytes",
 				 MAX_CONFIG_BYTES);
 		else
 			snprintf(msg, sizeof(msg), "cannot read the network configuration: %s",
-				 strerror(errno));
+				 strerror(stdin_errno));
 		if (is_del)
 			return 0;
-		return cni_error(errno == EFBIG ? CODE_INVALID_CONFIG : CODE_IO_FAILURE, msg,
+		return cni_error(stdin_errno == EFBIG ? CODE_INVALID_CONFIG : CODE_IO_FAILURE, msg,
 				 "the container runtime passes the configuration on stdin");
 	}
-	if (config.len)
-		scan_cni_version(config.data, config.len);
 
 	struct buf request = {0};
 	buf_append(&request, PROTO_MAGIC "\n", strlen(PROTO_MAGIC) + 1);
@@ -435,6 +451,12 @@ int main(void)
 	buf_append(&request, "\n", 1);
 	if (config.len)
 		buf_append(&request, config.data, config.len);
+	if (out_of_memory) {
+		if (is_del)
+			return 0;
+		return cni_error(CODE_IO_FAILURE, "out of memory building the request",
+				 "the configuration is at most 1 MiB; check the node's memory");
+	}
 
 	long timeout_s = DEFAULT_TIMEOUT_SECONDS;
 	const char *t = getenv("NODEMESH_CNI_TIMEOUT_SECONDS");
