@@ -27,6 +27,8 @@ import os
 import secrets
 import socket
 import stat
+from collections import Counter
+from collections.abc import Mapping
 from typing import Protocol
 
 from node_agent.cni import protocol
@@ -88,6 +90,7 @@ class CniServer:
         self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
         self._accept_task: asyncio.Task[None] | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._counts: Counter[tuple[str, str]] = Counter()
         self.ready = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -143,6 +146,12 @@ class CniServer:
     @property
     def active_connections(self) -> int:
         return len(self._conns)
+
+    @property
+    def counts(self) -> Mapping[tuple[str, str], int]:
+        """Requests answered, by (command, outcome): outcome is ``ok``, ``failed`` (the backend
+        refused or broke) or ``invalid`` (the request was; ``command`` may be ``?``)."""
+        return dict(self._counts)
 
     # --- socket ------------------------------------------------------------------------------
 
@@ -296,16 +305,20 @@ class CniServer:
             data = await self._read_request(reader)
             envelope = protocol.parse_request(data)
         except CniRequestError as exc:
+            self._counts[(exc.command or "?", "invalid")] += 1
             if exc.command == Command.DEL.value:
                 log.warning("CNI DEL with an invalid request answered with success: %s", exc.msg)
                 return protocol.response_frame(0, b"")
             log.warning("invalid CNI request: %s", exc.msg)
             return self._error(exc.cni_version, exc)
+        command = envelope.command.value
         try:
             stdout = await self._dispatch(envelope)
         except CniFailure as exc:
+            self._counts[(command, "failed")] += 1
             log.warning("CNI %s failed: %s", _describe(envelope), exc.msg)
             return self._error(envelope.cni_version, exc)
+        self._counts[(command, "ok")] += 1
         return protocol.response_frame(0, stdout)
 
     async def _dispatch(self, envelope: Envelope) -> bytes:

@@ -87,12 +87,13 @@ async def test_del_check_status_output_nothing(server: CniServer, backend: FakeB
         assert await call(server.path, frame(cni_env(command), config())) == (0, b"")
     assert await call(server.path, frame({"CNI_COMMAND": "STATUS"}, config(prev=None))) == (0, b"")
     assert [type(c).__name__ for c in backend.calls] == ["DelRequest", "CheckRequest"]
+    assert server.counts == {("DEL", "ok"): 1, ("CHECK", "ok"): 1, ("STATUS", "ok"): 1}
 
 
 async def test_backend_failure_becomes_cni_error(server: CniServer, backend: FakeBackend) -> None:
     backend.fail = CniFailure("cannot redirect shop/web-0: ztunnel down", "check the ztunnel", 105)
     code, body = await call(server.path, frame(cni_env(), config("1.1.0")))
-    assert code == 1
+    assert code == 1 and server.counts == {("ADD", "failed"): 1}
     assert error_of(body) == {
         "cniVersion": "1.1.0",
         "code": 105,
@@ -135,6 +136,7 @@ async def test_malformed_request(server: CniServer, backend: FakeBackend) -> Non
     code, body = await call(server.path, frame(cni_env(), b"{garbage"))
     assert code == 1 and error_of(body)["code"] == CniCode.DECODING_FAILURE
     assert backend.calls == []
+    assert server.counts == {("?", "invalid"): 1, ("ADD", "invalid"): 1}
 
 
 async def test_invalid_del_succeeds(server: CniServer, backend: FakeBackend) -> None:
