@@ -261,6 +261,7 @@ class Controller:
                 self.config.ca_root_configmap,
                 self.elector,
                 self.ca.root_pem(),
+                resync_seconds=self.config.ca_root_resync_seconds,
             )
         api = Api(
             self.hub,

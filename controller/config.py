@@ -130,3 +130,5 @@ class Config:
     watch_timeout_seconds: int = 5
     #: how long a follower waits at start for the leader to create the CA Secret
     ca_wait_seconds: float = 120.0
+    #: how often the leader checks that the root ConfigMap still holds the root certificate
+    ca_root_resync_seconds: float = 30.0
