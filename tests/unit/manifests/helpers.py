@@ -23,6 +23,8 @@ from typing import Any
 import celpy
 import jsonschema
 import yaml
+from celpy.adapter import json_to_cel
+from celpy.evaluation import CELEvalError
 
 REPO = Path(__file__).resolve().parents[3]
 DAEMONSET = REPO / "daemonset"
@@ -161,10 +163,10 @@ class Admission:
         if schema_errors:
             return errors + schema_errors
         for path, rule, message, value in _rules(self.schema, obj, ""):
-            activation = {"self": celpy.json_to_cel(copy.deepcopy(value))}
+            activation = {"self": json_to_cel(copy.deepcopy(value))}
             try:
                 result = self._program(rule).evaluate(activation)
-            except celpy.CELEvalError as exc:
+            except CELEvalError as exc:
                 errors.append(f"{path.lstrip('.')}: {message} (evaluation error: {exc.args[0]})")
                 continue
             if not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):

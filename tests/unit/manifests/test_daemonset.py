@@ -237,7 +237,7 @@ def test_every_added_capability_is_explained_in_a_comment() -> None:
     for i, line in enumerate(lines):
         m = re.fullmatch(r"\s*- ([A-Z_]+)\s*", line)
         if m and m.group(1) in added:
-            block = []
+            block: list[str] = []
             j = i - 1
             while j >= 0 and lines[j].strip().startswith("#"):
                 block.insert(0, lines[j].strip())
@@ -373,8 +373,8 @@ def test_agent_args_parse_with_its_parser(monkeypatch: pytest.MonkeyPatch) -> No
     }
     # the plugin binary exists only in the image: the parser checks it is executable
     real_access = os.access
-    monkeypatch.setattr(cli.os, "access", lambda p, mode: str(p) == flags(args)["--cni-plugin"][0]
-                        or real_access(p, mode))
+    plugin = flags(args)["--cni-plugin"][0]
+    monkeypatch.setattr(os, "access", lambda p, mode: str(p) == plugin or real_access(p, mode))
     config = cli.parse(args, env)
     assert config.source == "kubernetes" and config.node == "node-1"
     assert config.kube is not None
