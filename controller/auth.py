@@ -228,7 +228,8 @@ def reviewed_pod(status: object, audience: str, node_sa: ServiceAccountRef) -> R
             "serviceAccountName)",
             "wrong_service_account",
         )
-    extra = user.get("extra") or {}
+    extra = user.get("extra")
+    extra = {} if extra is None else extra
     if not isinstance(extra, Mapping):
         raise AuthError("TokenReview user.extra is not an object", "not_pod_bound")
     return ReviewedPod(

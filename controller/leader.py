@@ -114,7 +114,8 @@ def parse_lease(body: object, where: str) -> LeaseState:
     if not isinstance(body, Mapping):
         raise LeaderError(f"{where}: not a Lease object")
     meta = body.get("metadata")
-    spec = body.get("spec") or {}
+    spec = body.get("spec")
+    spec = {} if spec is None else spec
     if not isinstance(meta, Mapping) or not isinstance(spec, Mapping):
         raise LeaderError(f"{where}: metadata and spec must be objects")
     rv = meta.get("resourceVersion")

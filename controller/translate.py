@@ -473,14 +473,19 @@ def _parse_endpoint_slice(
     address_type = wire.req_str(body, "addressType", "")
     uids: list[str] = []
     addresses: list[ipaddress.IPv4Address] = []
-    for i, endpoint in enumerate(wire.as_list(body.get("endpoints") or [], "endpoints")):
+    raw_endpoints = body.get("endpoints")
+    for i, endpoint in enumerate(
+        wire.as_list([] if raw_endpoints is None else raw_endpoints, "endpoints")
+    ):
         path = f"endpoints[{i}]"
         e = wire.as_mapping(endpoint, path)
         conditions = wire.as_mapping(e.get("conditions") or {}, f"{path}.conditions")
         ready = conditions.get("ready")
         if ready is not None and not isinstance(ready, bool):
             raise WireError(f"{path}.conditions.ready", "expected a boolean")
-        raw_addresses = wire.as_list(e.get("addresses") or [], f"{path}.addresses")
+        raw_addresses = wire.as_list(
+            [] if e.get("addresses") is None else e["addresses"], f"{path}.addresses"
+        )
         ref = wire.as_mapping(e.get("targetRef") or {}, f"{path}.targetRef")
         if ready is False:
             continue  # null means ready (the API's own default)

@@ -54,7 +54,8 @@ def ca_from_secret(secret: object, where: str) -> CertificateAuthority:
     """The CA in a Secret as read from the API (``where`` names it in errors)."""
     if not isinstance(secret, Mapping):
         raise CaError(f"{where} is not an object")
-    data = secret.get("data") or {}
+    data = secret.get("data")
+    data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise CaError(f"{where}: data is not an object")
     decoded: dict[str, bytes] = {}

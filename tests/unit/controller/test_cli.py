@@ -115,3 +115,80 @@ async def test_startup_error_is_reported(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 1
     assert b"cannot read CA material" in err
+
+
+def test_kubernetes_mode_flags_and_defaults() -> None:
+    env = {
+        c.ENV_SOURCE: "kubernetes",
+        c.ENV_POD_NAME: "ctrl-7d9f-abcde",
+        c.ENV_POD_NAMESPACE: "mesh",
+    }
+    cfg = parse_config([], env)
+    assert cfg.source == "kubernetes" and cfg.config_dir is None and cfg.node_tokens_dir is None
+    assert cfg.namespace == "mesh" and cfg.pod_name == "ctrl-7d9f-abcde"
+    assert cfg.ca_secret == "nodemesh-ca" and cfg.ca_root_configmap == "nodemesh-ca-root"
+    assert cfg.leader_lease == "nodemesh-controller" and cfg.token_audience == "nodemesh"
+    assert cfg.node_service_account == "nodemesh-system:nodemesh-node"
+    assert cfg.kubeconfig is None and cfg.state_dir is None
+    cfg = parse_config(
+        [
+            "--kubeconfig",
+            "/k/config",
+            "--namespace",
+            "other",
+            "--pod-name",
+            "p",
+            "--ca-secret",
+            "my-ca",
+            "--node-service-account",
+            "other:agent",
+            "--state-dir",
+            "/s",
+        ],
+        env,
+    )
+    assert cfg.kubeconfig == Path("/k/config") and cfg.namespace == "other" and cfg.pod_name == "p"
+    assert cfg.ca_secret == "my-ca" and cfg.node_service_account == "other:agent"
+    assert cfg.state_dir == Path("/s")
+
+
+def test_kubernetes_pod_name_defaults_to_the_host_name() -> None:
+    import socket
+
+    cfg = parse_config(["--source", "kubernetes"], {})
+    assert cfg.pod_name == socket.gethostname()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--source", "cloud"], "expected one of local, kubernetes"),
+        (["--source", "kubernetes", "--config-dir", "/c"], "--config-dir is for --source local"),
+        (["--source", "kubernetes", "--node-tokens-dir", "/t"], "--node-tokens-dir is for"),
+        (["--source", "kubernetes", "--node-service-account", "nodemesh-node"], "NAMESPACE:NAME"),
+        (["--source", "kubernetes", "--namespace", "Bad_NS"], "--namespace"),
+        (["--source", "kubernetes", "--ca-secret", "no/slash"], "--ca-secret"),
+        (["--source", "kubernetes", "--token-audience", " "], "--token-audience"),
+        (
+            [
+                "--kubeconfig",
+                "/k",
+                "--config-dir",
+                "/c",
+                "--state-dir",
+                "/s",
+                "--node-tokens-dir",
+                "/t",
+            ],
+            "--kubeconfig is for --source kubernetes",
+        ),
+        (["--config-dir", "/c"], "--source local needs --state-dir, --node-tokens-dir"),
+    ],
+)
+def test_bad_mode_combinations_say_what_is_wrong(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_config(argv, {c.ENV_POD_NAME: "p"})
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
