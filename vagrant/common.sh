@@ -40,7 +40,8 @@ mkdir -p /etc/apt/keyrings
 curl -fsSL "${repo}Release.key" | gpg --dearmor --yes -o "$keyring"
 echo "deb [signed-by=$keyring] $repo /" > /etc/apt/sources.list.d/kubernetes.list
 apt-get update -qq
-apt_install kubelet kubeadm kubectl
+# conntrack and socat: kubeadm's preflight checks and kubectl port-forward need them
+apt_install kubelet kubeadm kubectl conntrack socat
 apt-mark hold kubelet kubeadm kubectl >/dev/null
 
 # the kubelet advertises the private-network address (eth0 is the provider's NAT network)
