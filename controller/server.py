@@ -160,7 +160,8 @@ class Api:
     async def csr(self, request: web.Request) -> web.Response:
         node = await self._authenticate(request)
         if isinstance(node, web.Response):
-            self.metrics.csr_refused.labels("unauthenticated").inc()
+            if node.status == 401:  # a 503 (credential not checkable now) is no refusal
+                self.metrics.csr_refused.labels("unauthenticated").inc()
             return node
         try:
             try:

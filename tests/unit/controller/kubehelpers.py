@@ -1,11 +1,15 @@
-"""Shared pieces of the controller's tests against the fake API server (tests/fakes/kubeapi)."""
+"""Shared pieces of the controller's tests against the fake API server (tests/fakes/kubeapi).
+
+The fake runs on its own loop in a thread (``running_in_thread``), not on the test's loop: the
+controller's tests then run on both asyncio and uvloop, whatever loop the fake supports."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +142,18 @@ metadata: {name: default, namespace: shop}
 spec:
   mtls: {mode: PERMISSIVE}
 """
+
+
+@contextlib.asynccontextmanager
+async def fake_api(**kwargs: Any) -> AsyncIterator[FakeKubeApi]:
+    """The fake on its own loop thread; started and stopped from worker threads, since
+    ``running_in_thread`` must not be entered or left on a thread with a running loop."""
+    stack = contextlib.ExitStack()
+    api = await asyncio.to_thread(stack.enter_context, FakeKubeApi(**kwargs).running_in_thread())
+    try:
+        yield api
+    finally:
+        await asyncio.to_thread(stack.close)
 
 
 def kube_client(api: FakeKubeApi, path: Path, token: str | None = None) -> KubeClient:

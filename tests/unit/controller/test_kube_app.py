@@ -23,7 +23,7 @@ from controller.config import SOURCE_KUBERNETES, Config, HostPort
 from tests.fakes.kubeapi import FakeKubeApi
 
 from .crypto_helpers import make_csr
-from .kubehelpers import CLUSTER_YAML, add_node_token, eventually, kube_client, node_pod
+from .kubehelpers import CLUSTER_YAML, add_node_token, eventually, fake_api, kube_client, node_pod
 
 UID1 = "11111111-1111-4111-8111-111111111111"
 TOKEN1 = "node-1-projected-token-abcdefghijklmnop"
@@ -74,7 +74,7 @@ class Replica:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeKubeApi]:
-    async with FakeKubeApi(bookmark_interval=0.2) as api:
+    async with fake_api(bookmark_interval=0.2) as api:
         api.load_yaml(CLUSTER_YAML)
         api.apply(node_pod("agent-a", UID1, "node-1"))
         add_node_token(api, TOKEN1, "agent-a", UID1)

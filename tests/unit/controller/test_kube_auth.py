@@ -26,7 +26,7 @@ from controller.kube.tokenreview import KubeTokenReviewer
 from controller.metrics import Metrics
 from tests.fakes.kubeapi import FakeKubeApi
 
-from .kubehelpers import NODE_SA_USER, add_node_token, kube_client, node_pod
+from .kubehelpers import NODE_SA_USER, add_node_token, fake_api, kube_client, node_pod
 
 NODE_SA = ServiceAccountRef("nodemesh-system", "nodemesh-node")
 UID1 = "11111111-1111-4111-8111-111111111111"
@@ -158,7 +158,7 @@ def test_digest_is_not_the_token() -> None:
 
 @pytest.fixture
 async def fake(tmp_path: Path) -> AsyncIterator[FakeKubeApi]:
-    async with FakeKubeApi() as api:
+    async with fake_api() as api:
         api.apply(
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "nodemesh-system"}}
         )

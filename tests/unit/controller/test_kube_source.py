@@ -17,7 +17,7 @@ from controller.metrics import Metrics
 from controller.translate import Translation
 from tests.fakes.kubeapi import FakeKubeApi
 
-from .kubehelpers import CLUSTER_YAML, eventually, fixed_backoff, kube_client
+from .kubehelpers import CLUSTER_YAML, eventually, fake_api, fixed_backoff, kube_client
 
 
 class Sink:
@@ -43,7 +43,7 @@ class Running:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeKubeApi]:
-    async with FakeKubeApi(bookmark_interval=0.2) as api:
+    async with fake_api(bookmark_interval=0.2) as api:
         yield api
 
 

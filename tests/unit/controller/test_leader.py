@@ -25,7 +25,7 @@ from controller.leader import (
 from controller.metrics import Metrics
 from tests.fakes.kubeapi import FakeKubeApi
 
-from .kubehelpers import eventually, kube_client
+from .kubehelpers import eventually, fake_api, kube_client
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 RETRY = dt.timedelta(seconds=2)
@@ -116,7 +116,7 @@ def test_parse_lease_rejects_malformed(body: object, fragment: str) -> None:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeKubeApi]:
-    async with FakeKubeApi() as api:
+    async with fake_api() as api:
         api.apply(
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "nodemesh-system"}}
         )
