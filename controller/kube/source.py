@@ -11,8 +11,9 @@ Invariants:
 
 * A reflector is touched only under its lock; the event loop reads the stores under the same
   locks when it translates. Stored objects are never mutated (each event brings a new dict).
-* Threads only notify the loop (``call_soon_threadsafe``); translation runs on the loop, at most
-  once per ``debounce`` seconds, so a relist of a thousand objects gives one translation.
+* Threads only notify the loop (``call_soon_threadsafe``); the loop snapshots the stores and
+  translates in a worker thread, once per burst of changes (``debounce``), so a relist of a
+  thousand objects gives one translation and the loop never stalls on it.
 * No translation (and so readiness) before every kind has listed once.
 * ``run`` returns only after every worker thread ended: on stop, open watch responses are shut
   down and backoff waits interrupted.
@@ -21,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -258,7 +260,7 @@ class KubeSource:
         self._metrics = metrics
         self._debounce = debounce
         self._stop = threading.Event()
-        self._pending: asyncio.TimerHandle | None = None
+        self._dirty = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_good: dict[ObjectKey, Accepted] = {}
         self._issues = IssueLog(metrics)
@@ -311,20 +313,27 @@ class KubeSource:
                 pass  # the loop closed between the check and the call: we are stopping
 
     def _changed(self) -> None:
-        if self._pending is None and self._loop is not None and not self._stop.is_set():
-            self._pending = self._loop.call_later(self._debounce, self._translate)
+        self._dirty.set()
 
-    def _translate(self) -> None:
-        self._pending = None
+    def _snapshot(self) -> list[SourceObject] | None:
+        """Every stored object, or None while some kind has not listed yet."""
         objects: list[SourceObject] = []
         for w in self._watchers:
             with w.lock:
                 if not w.reflector.synced:
-                    return  # the next list's notification translates
+                    return None  # the list's own notification translates later
                 stored = list(w.reflector.store.values())
             objects.extend(SourceObject(source_name(o), 0, o) for o in stored)
         objects.sort(key=lambda o: o.source)
-        result = translate(
+        return objects
+
+    async def _translate(self) -> None:
+        objects = self._snapshot()
+        if objects is None:
+            return
+        # pure but not cheap (about 0.1 s for a thousand pods): keep it off the event loop
+        result = await asyncio.to_thread(
+            translate,
             objects,
             trust_domain=self._trust_domain,
             last_good=self._last_good,
@@ -345,6 +354,25 @@ class KubeSource:
             )
         self._on_change(result)
 
+    async def _translator(self, stop: asyncio.Event) -> None:
+        """One translation per burst of changes: wait for a change, let the burst settle for
+        ``debounce`` seconds, translate what the stores hold then."""
+        while True:
+            dirty = asyncio.ensure_future(self._dirty.wait())
+            stopping = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({dirty, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for f in (dirty, stopping):
+                    f.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await f
+            if stop.is_set():
+                return
+            await asyncio.sleep(self._debounce)
+            self._dirty.clear()
+            await self._translate()
+
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -352,12 +380,9 @@ class KubeSource:
         for w in self._watchers:
             w.thread.start()
         try:
-            await stop.wait()
+            await self._translator(stop)
         finally:
             self._stop.set()
-            if self._pending is not None:
-                self._pending.cancel()
-                self._pending = None
             for w in self._watchers:
                 w.interrupt()
             await asyncio.to_thread(self._join)
