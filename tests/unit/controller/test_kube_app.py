@@ -250,3 +250,55 @@ async def test_operator_supplied_secret_is_loaded(fake: FakeKubeApi, tmp_path: P
         assert replica.controller.ca.root_pem() == ca.root_pem()
     finally:
         await replica.halt()
+
+
+async def test_process_in_kubernetes_mode_serves_and_drains(tmp_path: Path) -> None:
+    """``python -m controller --source kubernetes`` end to end: env and flags, readiness, the
+    root ConfigMap, SIGTERM → drain → exit 0 with the Lease released."""
+    import os
+    import signal
+    import sys
+
+    async with fake_api(bookmark_interval=0.2) as api:
+        api.load_yaml(CLUSTER_YAML)
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        env = {
+            **os.environ,
+            "NODEMESH_CONTROLLER_SOURCE": "kubernetes",
+            "POD_NAME": "ctrl-proc",
+            "POD_NAMESPACE": "nodemesh-system",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "controller",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        seen = b""
+        try:
+            while b"event=kube_config_loaded" not in seen:
+                line = await asyncio.wait_for(proc.stderr.readline(), 20)
+                assert line, seen
+                seen += line
+            assert b"event=ca_created" in seen and b"source=kubernetes" in seen
+            await eventually(
+                lambda: api.get_object("ConfigMap", "nodemesh-system", "nodemesh-ca-root")
+            )
+            proc.send_signal(signal.SIGTERM)
+            rest = await asyncio.wait_for(proc.stderr.read(), 20)
+            assert await asyncio.wait_for(proc.wait(), 20) == 0, rest
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert b"event=controller_stopped" in rest and b"event=leader_released" in rest
+        lease = api.get_object("Lease", "nodemesh-system", "nodemesh-controller")
+        assert lease is not None and lease["spec"]["holderIdentity"] == ""
