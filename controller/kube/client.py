@@ -65,25 +65,34 @@ LEASES: Final = Resource("Lease", "coordination.k8s.io/v1", "leases")
 TOKEN_REVIEWS_PATH: Final = "/apis/authentication.k8s.io/v1/tokenreviews"  # noqa: S105
 
 
+#: connections kept per API server: one per watched kind, plus TokenReviews, Lease, ConfigMap
+POOL_SIZE: Final = 32
+
+
 def load_api_client(kubeconfig: Path | None) -> Any:
     """An ``ApiClient``: from ``kubeconfig`` if given, else the in-cluster service account, else
     ``$KUBECONFIG`` / ``~/.kube/config``."""
     config: Any = kubernetes.config  # untyped package
+    configuration = kubernetes.client.Configuration()
     try:
         if kubeconfig is not None:
-            return config.new_client_from_config(config_file=str(kubeconfig))
-        try:
-            configuration = kubernetes.client.Configuration()
-            config.load_incluster_config(client_configuration=configuration)
-            return kubernetes.client.ApiClient(configuration)
-        except config.ConfigException:
-            return config.new_client_from_config()
+            config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        else:
+            try:
+                config.load_incluster_config(client_configuration=configuration)
+            except config.ConfigException:
+                config.load_kube_config(client_configuration=configuration)
     except (config.ConfigException, OSError, ValueError, TypeError) as exc:
         where = kubeconfig or "in-cluster service account, $KUBECONFIG or ~/.kube/config"
         raise StartupError(
             f"cannot load the Kubernetes client configuration from {where}: {exc}; pass "
             "--kubeconfig, or run in a pod with a service account"
         ) from exc
+    # every watch holds a connection: the default pool (5 per CPU) may be smaller than that
+    configuration.connection_pool_maxsize = max(
+        POOL_SIZE, configuration.connection_pool_maxsize or 0
+    )
+    return kubernetes.client.ApiClient(configuration)
 
 
 def _status_message(status: int, data: bytes) -> str:
