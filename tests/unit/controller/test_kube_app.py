@@ -81,8 +81,14 @@ async def fake() -> AsyncIterator[FakeKubeApi]:
         yield api
 
 
+def replica_token(name: str) -> str:
+    return f"token-of-{name}-0123456789"
+
+
 async def start(fake: FakeKubeApi, tmp_path: Path, name: str, **overrides: Any) -> Replica:
-    client = kube_client(fake, tmp_path / f"kubeconfig-{name}")
+    token = replica_token(name)
+    fake.add_token(token, username=f"system:serviceaccount:nodemesh-system:{name}")
+    client = kube_client(fake, tmp_path / f"kubeconfig-{name}", token=token)
     controller = Controller(kube_config(name, **overrides), kube_client=client)
     stop = asyncio.Event()
     task = asyncio.create_task(controller.serve(stop), name=f"controller-{name}")
@@ -158,6 +164,15 @@ async def test_two_replicas_one_leader_one_secret_same_ca(
     assert status["source"]["resources"]["pods"]["synced"] is True
     assert "nodemesh_controller_leader 1.0" in metrics
     assert 'nodemesh_controller_watch_relists_total{resource="pods"} 1.0' in metrics
+
+    # single-writer work: the follower never wrote the Secret or the ConfigMap
+    follower_token = replica_token(follower.controller.config.pod_name)
+    follower_writes = [
+        r.path
+        for r in fake.requests
+        if r.token == follower_token and r.method in ("POST", "PUT", "PATCH", "DELETE")
+    ]
+    assert all("/leases" in path for path in follower_writes), follower_writes
 
     # the leader goes away: it releases the Lease and the other takes over at once
     await leader.halt()
