@@ -173,6 +173,11 @@ async def test_two_replicas_one_leader_one_secret_same_ca(
         if r.token == follower_token and r.method in ("POST", "PUT", "PATCH", "DELETE")
     ]
     assert all("/leases" in path for path in follower_writes), follower_writes
+    leader_token = replica_token(leader.controller.config.pod_name)
+    assert any(
+        r.token == leader_token and r.method == "POST" and r.path.endswith("/secrets")
+        for r in fake.requests
+    )
 
     # the leader goes away: it releases the Lease and the other takes over at once
     await leader.halt()
