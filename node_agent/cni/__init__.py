@@ -13,7 +13,11 @@ Wiring it into the agent (one ``asyncio.TaskGroup``, ``stop`` an ``asyncio.Event
 
     from node_agent.cni import CniInstaller, CniServer
 
-    server = CniServer("/var/run/nodemesh/cni.sock", backend)  # backend: CniBackend
+    server = CniServer(
+        "/var/run/nodemesh/cni.sock",
+        backend,                       # a CniBackend
+        not_ready=lambda: None,        # optional: None, or why ADD cannot be served (STATUS)
+    )
     installer = CniInstaller(
         plugin_binary="/usr/local/lib/nodemesh/nodemesh-cni",  # from `make -C cni`, in the image
         cni_bin_dir="/host/opt/cni/bin",                        # --cni-bin-dir (hostPath)
@@ -38,7 +42,8 @@ Calls for different pods run concurrently; the runtime never runs two for the sa
 A backend must be idempotent: the kubelet repeats ADD after a failure or a timeout.
 
 While the agent is down: ADD fails ("nodemesh node agent not reachable at <socket> ...; the
-kubelet will retry"), DEL and CHECK succeed, STATUS (CNI 1.1) reports code 50.
+kubelet will retry"), DEL and CHECK succeed, STATUS (CNI 1.1) reports code 50; GC always
+succeeds (the agent's pod watch, not the plugin, removes what belonged to deleted pods).
 """
 
 from node_agent.cni.errors import CniCode, CniError, CniFailure, CniInstallError, CniServerError

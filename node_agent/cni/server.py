@@ -28,7 +28,7 @@ import secrets
 import socket
 import stat
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from node_agent.cni import protocol
@@ -61,6 +61,10 @@ class CniServer:
     """Serves the CNI plugin's requests on ``path``.
 
     Use ``async with CniServer(path, backend):`` or ``await server.serve(stop)``.
+
+    ``not_ready`` answers the CNI 1.1 STATUS: ``None`` when the agent can serve ADD, else the
+    reason it cannot (STATUS then fails with code 50 and that reason, and runtimes that use
+    STATUS report the node's network not ready). Without it, a serving agent is ready.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class CniServer:
         write_timeout: float = 10.0,
         max_connections: int = 64,
         drain_timeout: float = 30.0,
+        not_ready: Callable[[], str | None] | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -85,6 +90,7 @@ class CniServer:
         self._backend_timeout = backend_timeout
         self._write_timeout = write_timeout
         self._drain_timeout = drain_timeout
+        self._not_ready = not_ready
         self._slots = asyncio.Semaphore(max_connections)
         self._listener: socket.socket | None = None
         self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
@@ -324,7 +330,14 @@ class CniServer:
     async def _dispatch(self, envelope: Envelope) -> bytes:
         req = envelope.request
         if isinstance(req, StatusRequest):
-            return b""  # the agent is up and serves ADD
+            reason = self._not_ready() if self._not_ready is not None else None
+            if reason is not None:
+                raise CniFailure(
+                    f"nodemesh node agent is not ready to add pods: {reason}",
+                    "check the node agent's log",
+                    CniCode.NOT_AVAILABLE,
+                )
+            return b""
         what = _describe(envelope)
         try:
             async with asyncio.timeout(self._backend_timeout) as deadline:

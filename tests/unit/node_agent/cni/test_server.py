@@ -272,3 +272,19 @@ async def test_serve_until_stop(sock_path: str, backend: FakeBackend) -> None:
     stop.set()
     await task
     assert not exists(sock_path) and not srv.ready.is_set()
+
+
+async def test_status_not_ready(sock_path: str, backend: FakeBackend) -> None:
+    reason: list[str | None] = ["ztunnel not connected"]
+    async with CniServer(sock_path, backend, not_ready=lambda: reason[0]):
+        status = frame({"CNI_COMMAND": "STATUS"}, config("1.1.0", prev=None))
+        code, body = await call(sock_path, status)
+        assert code == 1
+        assert error_of(body) == {
+            "cniVersion": "1.1.0",
+            "code": CniCode.NOT_AVAILABLE,
+            "msg": "nodemesh node agent is not ready to add pods: ztunnel not connected",
+            "details": "check the node agent's log",
+        }
+        reason[0] = None
+        assert await call(sock_path, status) == (0, b"")
