@@ -128,12 +128,19 @@ class _Watcher:
                     break
                 status = exc.status if isinstance(exc, KubeError) else None
                 self._failed(status, str(exc))
+            except Exception as exc:  # a dead thread would freeze this kind forever
+                if self._stop.is_set():
+                    break
+                log.exception("event=kube_watch_bug resource=%s", self.label)
+                self._failed(None, f"unexpected {type(exc).__name__}: {exc}")
 
-    def _failed(self, status: int | None, message: str) -> None:
+    def _failed(self, status: int | None, message: str, *, record: bool = True) -> None:
+        """Count, log, and back off; ``record``: tell the reflector (which decides between
+        relist and retry), unless it already knows (an ERROR event)."""
         self.errors += 1
         self._metrics.watch_errors.labels(self.label).inc()
         with self.lock:
-            step = self.reflector.watch_failed(status, message)
+            step = self.reflector.watch_failed(status, message) if record else Step.RETRY
         delay = self._backoff.next()
         log.warning(
             "event=kube_watch_error resource=%s status=%s next=%s retry_in=%.2fs error=%r",
@@ -201,7 +208,7 @@ class _Watcher:
                     )
                     return
                 elif step is Step.RETRY:
-                    self._failed(None, f"watch ERROR event: {error}")
+                    self._failed(None, f"watch ERROR event: {error}", record=False)
                     return
                 if self._stop.is_set():
                     return

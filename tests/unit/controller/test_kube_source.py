@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -303,3 +304,38 @@ async def test_unauthorized_client_keeps_retrying_and_says_why(
         stop.set()
         await asyncio.wait_for(task, 10)
         client.close()
+
+
+async def test_error_event_retries_from_the_same_point(running: Running) -> None:
+    """A malformed event from the server is counted, and the watch resumes where it was."""
+    api = running.api
+    await api.wait_for_watches(7)
+    rv = running.source.status()["resources"]["pods"]["resourceVersion"]
+    original = running.client.watch
+
+    def broken_once(resource: Any, resource_version: str, timeout: int) -> Any:
+        stream = original(resource, resource_version, timeout)
+        if resource.plural == "pods" and not calls:
+            calls.append(resource_version)
+
+            class Broken:
+                def __iter__(self) -> Any:
+                    yield {"type": "ADDED", "object": {"metadata": {"name": "no-rv"}}}
+
+                def interrupt(self) -> None:
+                    stream.interrupt()
+
+                def close(self) -> None:
+                    stream.close()
+
+            return Broken()
+        return stream
+
+    calls: list[str] = []
+    running.client.watch = broken_once  # type: ignore[method-assign]
+    api.close_watches()
+    await eventually(lambda: running.metrics.watch_errors.labels("pods")._value.get() == 1)
+    status = running.source.status()["resources"]["pods"]
+    assert "resourceVersion" in str(status["lastError"])
+    assert int(status["resourceVersion"]) >= int(rv) and status["lists"] == 1
+    assert calls == [rv] or int(calls[0]) >= int(rv)
