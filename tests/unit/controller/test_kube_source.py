@@ -306,7 +306,7 @@ async def test_unauthorized_client_keeps_retrying_and_says_why(
         client.close()
 
 
-async def test_error_event_retries_from_the_same_point(running: Running) -> None:
+async def test_malformed_event_retries_from_the_same_point(running: Running) -> None:
     """A malformed event from the server is counted, and the watch resumes where it was."""
     api = running.api
     await api.wait_for_watches(7)
