@@ -20,11 +20,13 @@ from cryptography import x509
 
 from controller.app import Controller
 from controller.config import SOURCE_KUBERNETES, Config, HostPort
+from controller.kube.source import WATCHED
 from tests.fakes.kubeapi import FakeKubeApi
 
 from .crypto_helpers import make_csr
 from .kubehelpers import CLUSTER_YAML, add_node_token, eventually, fake_api, kube_client, node_pod
 
+WATCHED_PLURALS = [r.plural for r in WATCHED]
 UID1 = "11111111-1111-4111-8111-111111111111"
 TOKEN1 = "node-1-projected-token-abcdefghijklmnop"
 
@@ -81,13 +83,26 @@ async def fake() -> AsyncIterator[FakeKubeApi]:
         yield api
 
 
+#: what daemonset/10-rbac-controller.yaml grants (verbs per resource; the fake does not model
+#: namespaces or resourceNames): the controller must work with no more
+CONTROLLER_RBAC = [
+    *((verb, plural) for verb in ("get", "list", "watch") for plural in WATCHED_PLURALS),
+    ("create", "tokenreviews"),
+    *((verb, "leases") for verb in ("create", "get", "update")),
+    *((verb, "secrets") for verb in ("create", "get")),
+    *((verb, "configmaps") for verb in ("create", "get", "update")),
+]
+
+
 def replica_token(name: str) -> str:
     return f"token-of-{name}-0123456789"
 
 
 async def start(fake: FakeKubeApi, tmp_path: Path, name: str, **overrides: Any) -> Replica:
     token = replica_token(name)
-    fake.add_token(token, username=f"system:serviceaccount:nodemesh-system:{name}")
+    fake.add_token(
+        token, username=f"system:serviceaccount:nodemesh-system:{name}", allow=CONTROLLER_RBAC
+    )
     client = kube_client(fake, tmp_path / f"kubeconfig-{name}", token=token)
     controller = Controller(kube_config(name, **overrides), kube_client=client)
     stop = asyncio.Event()
