@@ -249,29 +249,23 @@ class Controller:
             if self.kube is not None:
                 self.kube.close()
 
-    async def _serve(self, stop: asyncio.Event) -> None:
-        if self.ca is None:
-            self.ca = await self.ca_store.load()
-        if self.kube is not None and self.elector is not None:
-            from controller.kube.castore import RootPublisher
+    async def _load_ca(self, stop: asyncio.Event) -> CertificateAuthority | None:
+        """The CA, or None if ``stop`` came first (a follower may wait for the Secret)."""
+        if self.ca is not None:
+            return self.ca
+        loading = asyncio.ensure_future(self.ca_store.load())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (loading, stopping):
+                if not f.done():
+                    f.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await f
+        return loading.result() if not loading.cancelled() else None
 
-            self.publisher = RootPublisher(
-                self.kube,
-                self.config.namespace,
-                self.config.ca_root_configmap,
-                self.elector,
-                self.ca.root_pem(),
-                resync_seconds=self.config.ca_root_resync_seconds,
-            )
-        api = Api(
-            self.hub,
-            self.ca,
-            self.authenticator,
-            self.metrics,
-            self.config.trust_domain,
-            dt.timedelta(seconds=self.config.workload_cert_ttl_seconds),
-            self.ready,
-        )
+    async def _serve(self, stop: asyncio.Event) -> None:
         ops = Ops(
             self.hub,
             self.metrics,
@@ -282,11 +276,36 @@ class Controller:
         )
         runners: list[web.AppRunner] = []
         try:
-            async with self._tls_dir() as tls_dir:
-                ops_runner, self.metrics_address = await self._start_site(
-                    ops.app(), self.config.metrics_listen, None
+            # operators' endpoints first: /healthz answers (and /readyz says why not ready)
+            # while a follower waits for the leader to create the CA
+            ops_runner, self.metrics_address = await self._start_site(
+                ops.app(), self.config.metrics_listen, None
+            )
+            runners.append(ops_runner)
+            self.ca = await self._load_ca(stop)
+            if self.ca is None:
+                return
+            if self.kube is not None and self.elector is not None:
+                from controller.kube.castore import RootPublisher
+
+                self.publisher = RootPublisher(
+                    self.kube,
+                    self.config.namespace,
+                    self.config.ca_root_configmap,
+                    self.elector,
+                    self.ca.root_pem(),
+                    resync_seconds=self.config.ca_root_resync_seconds,
                 )
-                runners.append(ops_runner)
+            api = Api(
+                self.hub,
+                self.ca,
+                self.authenticator,
+                self.metrics,
+                self.config.trust_domain,
+                dt.timedelta(seconds=self.config.workload_cert_ttl_seconds),
+                self.ready,
+            )
+            async with self._tls_dir() as tls_dir:
                 api_runner, self.api_address = await self._start_site(
                     api.app(), self.config.listen, tls_dir
                 )

@@ -31,6 +31,18 @@ UID1 = "11111111-1111-4111-8111-111111111111"
 TOKEN1 = "node-1-projected-token-abcdefghijklmnop"
 
 
+GHOST_LEASE = {
+    "apiVersion": "coordination.k8s.io/v1",
+    "kind": "Lease",
+    "metadata": {"name": "nodemesh-controller", "namespace": "nodemesh-system"},
+    "spec": {
+        "holderIdentity": "ghost",
+        "leaseDurationSeconds": 3600,
+        "renewTime": "2100-01-01T00:00:00.000000Z",
+    },
+}
+
+
 def kube_config(pod_name: str, **overrides: Any) -> Config:
     values: dict[str, Any] = {
         "source": SOURCE_KUBERNETES,
@@ -245,22 +257,31 @@ async def test_follower_waits_for_the_secret_and_fails_clearly_without_a_leader(
     fake: FakeKubeApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # someone else holds the lease and never writes the Secret
-    fake.apply(
-        {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {"name": "nodemesh-controller", "namespace": "nodemesh-system"},
-            "spec": {
-                "holderIdentity": "ghost",
-                "leaseDurationSeconds": 3600,
-                "renewTime": "2100-01-01T00:00:00.000000Z",
-            },
-        }
-    )
+    fake.apply(GHOST_LEASE)
     caplog.set_level(logging.INFO)
     replica = await start(fake, tmp_path, "ctrl-a", ca_wait_seconds=1.0)
     with pytest.raises(Exception, match="no CA: Secret nodemesh-system/nodemesh-ca"):
         await asyncio.wait_for(replica.task, 15)
+
+
+async def test_a_waiting_follower_is_alive_not_ready_and_stops_promptly(
+    fake: FakeKubeApi, tmp_path: Path
+) -> None:
+    fake.apply(GHOST_LEASE)
+    replica = await start(fake, tmp_path, "ctrl-a", ca_wait_seconds=60.0)
+    await eventually(lambda: replica.controller.metrics_address is not None)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{replica.ops}/healthz") as resp:
+            assert resp.status == 200
+        async with session.get(f"{replica.ops}/readyz") as resp:
+            assert resp.status == 503
+        async with session.get(f"{replica.ops}/debug/status") as resp:
+            status = await resp.json()
+    assert status["ready"] is False and status["leader"]["holder"] == "ghost"
+    assert replica.controller.api_address is None  # no API without a CA
+    started = asyncio.get_running_loop().time()
+    await replica.halt()
+    assert asyncio.get_running_loop().time() - started < 3
 
 
 async def test_operator_supplied_secret_is_loaded(fake: FakeKubeApi, tmp_path: Path) -> None:
