@@ -9,7 +9,7 @@ APT_PACKAGES=(
   iproute2 iptables nftables kmod procps psmisc curl ca-certificates openssl iputils-ping
   iperf3 wrk tcpdump prometheus vagrant
   python3-bpfcc bpfcc-tools linux-headers-amd64
-  python3 python3-venv python3-dev gcc make
+  python3 python3-venv python3-dev gcc make libc6-dev
 )
 
 missing=()

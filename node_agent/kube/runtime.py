@@ -235,7 +235,15 @@ class KubeNode:
             ("cni-server", server.serve(stop)),
         ]
         if self.installer is not None:
-            tasks.append(("cni-install", self.installer.run(stop)))
+            installer = self.installer
+
+            async def install() -> None:
+                # chain the plugin only once its socket answers: a pod created in between
+                # would otherwise fail its sandbox once for nothing
+                await server.ready.wait()
+                await installer.run(stop)
+
+            tasks.append(("cni-install", install()))
         return tasks
 
     async def uninstall(self) -> None:
