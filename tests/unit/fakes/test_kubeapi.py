@@ -787,3 +787,100 @@ async def test_async_mode_on_the_tests_loop(tmp_path: Path) -> None:
             await asyncio.to_thread(c.close)
     await asyncio.wait_for(reader2, 10)
     assert time.monotonic() - started < 10
+
+
+def test_status_is_a_subresource(api: FakeKubeApi, v1: client.CoreV1Api) -> None:
+    api.apply(pod("a", ip="10.78.1.2"))
+    # writes to the pod itself keep the stored status, as on a real server
+    got = v1.patch_namespaced_pod(
+        "a", "default", {"status": {"podIP": "1.2.3.4"}, "metadata": {"labels": {"x": "y"}}}
+    )
+    assert got.status.pod_ip == "10.78.1.2" and got.metadata.labels == {"app": "web", "x": "y"}
+    # the /status endpoint changes only the status
+    got = v1.patch_namespaced_pod_status(
+        "a", "default", {"status": {"podIP": "10.78.1.7"}, "metadata": {"labels": {"z": "1"}}}
+    )
+    assert got.status.pod_ip == "10.78.1.7" and "z" not in got.metadata.labels
+    assert v1.read_namespaced_pod_status("a", "default").status.pod_ip == "10.78.1.7"
+    api.add_token("kubelet", username="system:node:node-1", allow=[("patch", "pods/status")])
+    with client.ApiClient(api.client_configuration("kubelet")) as c:
+        kv1 = client.CoreV1Api(c)
+        kv1.patch_namespaced_pod_status("a", "default", {"status": {"phase": "Running"}})
+        with pytest.raises(ApiException) as err:
+            kv1.patch_namespaced_pod("a", "default", {"metadata": {"labels": {"x": "z"}}})
+        assert err.value.status == 403
+    # the test hook sets whatever it is given
+    api.apply(pod("a", ip="10.78.1.8"))
+    assert v1.read_namespaced_pod("a", "default").status.pod_ip == "10.78.1.8"
+
+
+def test_list_versions_and_collections(api: FakeKubeApi, v1: client.CoreV1Api) -> None:
+    api.apply(pod("a"))
+    rv = v1.list_namespaced_pod("default").metadata.resource_version
+    api.apply(pod("b"))
+    exact = v1.list_namespaced_pod("default", resource_version=rv, resource_version_match="Exact")
+    assert names(exact.items) == ["a"] and exact.metadata.resource_version == rv
+    assert names(v1.list_namespaced_pod("default", resource_version=rv).items) == ["a", "b"]
+    with pytest.raises(ApiException) as err:
+        v1.list_namespaced_pod("default", resource_version=str(api.resource_version + 5))
+    assert err.value.status == 504
+    made = v1.create_namespaced_config_map(
+        "default", client.V1ConfigMap(metadata=client.V1ObjectMeta(generate_name="gen-"))
+    )
+    assert made.metadata.name.startswith("gen-") and len(made.metadata.name) == 9
+    gone = v1.delete_namespaced_pod("a", "default")  # pods answer with the object
+    assert gone.kind == "Pod" and gone.metadata.name == "a"
+    v1.delete_collection_namespaced_pod("default", label_selector="app=web")
+    assert v1.list_namespaced_pod("default").items == []
+
+
+def test_unserved_paths_and_verbs(api: FakeKubeApi, api_client: client.ApiClient) -> None:
+    resp = api_client.call_api(
+        "GET",
+        f"{api.url}/apis/authentication.k8s.io/v1/tokenreviews",
+        header_params={"Authorization": f"Bearer {api.admin_token}"},
+    )
+    resp.read()
+    assert resp.status == 405  # TokenReview is create-only
+    v1 = client.CoreV1Api(api_client)
+    with pytest.raises(ApiException) as err:
+        v1.read_namespaced_pod_log("a", "default")
+    assert err.value.status == 404
+    with pytest.raises(ApiException) as err:
+        client.StorageV1Api(api_client).list_storage_class()
+    assert err.value.status == 404
+    with pytest.raises(ApiException) as err:
+        v1.create_namespaced_pod(
+            "default", {"metadata": {"name": "x"}, "spec": {"containers": []}}, dry_run="All"
+        )
+    assert err.value.status == 400 and "dryRun" in json.loads(err.value.body)["message"]
+
+
+def test_injected_failure_on_a_watch(api: FakeKubeApi, v1: client.CoreV1Api) -> None:
+    api.fail_next("GET", "/api/v1/namespaces", 500, message="etcd is on fire")
+    with pytest.raises(ApiException) as err:
+        list(watch.Watch().stream(v1.list_namespace, timeout_seconds=1))
+    assert err.value.status == 500
+    got = list(watch.Watch().stream(v1.list_namespace, timeout_seconds=1))
+    assert len(got) == 4  # the default namespaces, as ADDED
+
+
+def test_a_subprocess_uses_the_fake(api: FakeKubeApi, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    kc = api.write_kubeconfig(tmp_path / "kc")
+    code = (
+        "import kubernetes, sys\n"
+        "kubernetes.config.load_kube_config(sys.argv[1])\n"
+        "v1 = kubernetes.client.CoreV1Api()\n"
+        "print(','.join(n.metadata.name for n in v1.list_namespace().items))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(kc)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.strip() == "default,kube-node-lease,kube-public,kube-system"
