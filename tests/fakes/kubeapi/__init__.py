@@ -190,7 +190,6 @@ class FakeKubeApi:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._runner: web.AppRunner | None = None
         self._port = 0
-        self._stopping = False
         self._watch_lock = threading.Lock()
         self._open: set[Watcher] = set()
         # every connection that sent a request (one per client connection: clients keep them
@@ -208,7 +207,6 @@ class FakeKubeApi:
     async def start(self) -> None:
         if self._runner is not None:
             raise FakeKubeApiError("this FakeKubeApi is already running; start it once")
-        self._stopping = False
         self._tls = generate()
         self._tmp = tempfile.TemporaryDirectory(prefix="fake-kubeapi-")
         ssl_ctx = self._tls.server_context(Path(self._tmp.name))
@@ -226,7 +224,6 @@ class FakeKubeApi:
         runner, self._runner = self._runner, None
         if runner is None:
             return
-        self._stopping = True
         self.store.close_watches()
         await runner.cleanup()
         # Connections the clients keep alive would otherwise wait for a TLS close_notify reply

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -29,6 +30,8 @@ from .store import JsonObject, UpdatePart, Watcher, translate
 
 if TYPE_CHECKING:
     from . import FakeKubeApi
+
+log = logging.getLogger(__name__)
 
 JSON: Final = "application/json"
 MERGE_PATCH: Final = "application/merge-patch+json"
@@ -126,6 +129,16 @@ class Handlers:
             return await self._dispatch(request, query, caller)
         except ApiError as exc:
             return _json(exc.status(), exc.code, exc.headers)
+        except Exception as exc:
+            # a bug in the fake: answer like an apiserver panic (a 500 Status) so the client
+            # under test sees a server error, and log the traceback for whoever reads the test
+            log.exception("fake API server: %s %s failed", request.method, request.path)
+            err = ApiError(
+                500,
+                f"fake API server bug while handling {request.method} "
+                f"{request.path}: {exc!r} (see the test log)",
+            )
+            return _json(err.status(), 500)
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -133,6 +146,8 @@ class Handlers:
         self, request: web.Request, query: dict[str, str], caller: TokenInfo
     ) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
+        if request.method == "GET" and parts in (["healthz"], ["readyz"], ["livez"]):
+            return web.Response(text="ok")
         if request.method == "GET":
             discovery = self._discovery(parts)
             if discovery is not None:
@@ -244,8 +259,6 @@ class Handlers:
                 "compiler": "gc",
                 "platform": "linux/amd64",
             }
-        if parts in (["healthz"], ["readyz"], ["livez"]):
-            return None
         if parts == ["api"]:
             return {
                 "kind": "APIVersions",
@@ -578,9 +591,8 @@ class Handlers:
                 await _send(resp, "BOOKMARK", _bookmark(rt, current, initial_end=True))
             await self._stream(request, resp, watcher, timeout, bookmarks)
             await resp.write_eof()
-        except (ConnectionError, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not self.fake._stopping:
-                raise
+        except ConnectionError:
+            pass  # the client went away: nothing to tell it
         finally:
             self.store.unwatch(watcher)
             self.fake._watch_closed(watcher)

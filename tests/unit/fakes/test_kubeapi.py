@@ -660,6 +660,9 @@ def test_other_resources_are_served(api: FakeKubeApi, api_client: client.ApiClie
     assert {"apps", "discovery.k8s.io", "security.nodemesh.io"} <= groups
     resources = client.CoreV1Api(api_client).get_api_resources().resources
     assert {r.name for r in resources} >= {"pods", "namespaces", "services", "endpoints"}
+    health = api_client.call_api("GET", f"{api.url}/readyz",
+                                 header_params={"Authorization": f"Bearer {api.admin_token}"})
+    assert (health.status, health.read()) == (200, b"ok")
 
 
 def test_namespace_delete_removes_its_contents(api: FakeKubeApi, v1: client.CoreV1Api) -> None:
