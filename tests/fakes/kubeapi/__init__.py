@@ -96,13 +96,21 @@ authentication.k8s.io/v1 tokenreviews (create only). Discovery: ``/api``, ``/api
 * Objects: one global integer ``resourceVersion`` counter (strings on the wire);
   ``metadata.generation`` for apps/v1 and the CRDs (bumped when anything outside metadata/status
   changes); namespaces get the ``kubernetes.io/metadata.name`` label and ``status.phase: Active``.
-* Not implemented (→ 400/415): dryRun, server-side apply, protobuf/CBOR/YAML bodies,
-  subresources (``/status``, ``/log`` → 404).
+* ``status`` is a subresource for namespaces, nodes, pods, services, daemonsets, deployments
+  and the two CRDs: PUT/PATCH of the object keep the stored status; ``/status`` (GET, PUT, PATCH;
+  RBAC resource ``pods/status``) changes only the status. Test hooks set both.
+* ``/healthz``, ``/readyz``, ``/livez`` answer ``ok``. A bug in the fake answers 500 with a
+  Status naming the exception (and logs the traceback).
+* Not implemented (→ 400/415/404): dryRun, server-side apply, protobuf/CBOR/YAML bodies, other
+  subresources (``/log``, ``/exec``, ``/scale``), the legacy ``/api/v1/watch/...`` paths.
 
 Test hooks (synchronous, callable from any thread while the server runs)
 --------------------------------------------------------------------------
-* ``apply(obj) -> dict`` — create or replace (ADDED / MODIFIED); keeps a given ``metadata.uid``
-  and ``creationTimestamp`` (fixtures with fixed uids), ignores ``resourceVersion``.
+* ``apply(obj) -> dict`` — create or replace (ADDED / MODIFIED; an identical object is a no-op);
+  keeps a given ``metadata.uid`` and ``creationTimestamp`` (fixtures with fixed uids), ignores
+  ``resourceVersion``, puts namespaced objects without a namespace in ``default`` (as kubectl
+  does) and does not require the namespace to exist. Raises `FakeKubeApiError` for a kind the
+  fake does not serve or an invalid object (bad name, non-string label values).
 * ``load_yaml(text_or_path) -> list[dict]`` — multi-document YAML (``kind: List`` expanded); a
   ``Path``, or a ``str`` that names an existing file, is read; each document is ``apply``-ed.
 * ``delete(ref, namespace, name) -> dict`` and ``get_object(ref, namespace, name) -> dict | None``
@@ -117,7 +125,10 @@ Test hooks (synchronous, callable from any thread while the server runs)
 * ``fail_next(method, path_prefix, status, count=1, *, retry_after=None, message=None)`` — the
   next ``count`` authenticated requests whose method (``"*"`` for any) and path prefix match get
   ``status`` with a Status body (``reason`` from the code: 429 ``TooManyRequests``, 500
-  ``InternalError``, ...) and ``Retry-After`` if given.
+  ``InternalError``, ...) and ``Retry-After`` if given. Note: a client configured from a
+  kubeconfig retries GETs answered 429/5xx *with* ``Retry-After`` by itself (client-go
+  semantics in client 37), so such a failure is invisible to the caller unless ``count``
+  exceeds the client's retries; without ``retry_after`` the failure reaches the caller.
 * ``requests: list[RequestRecord]`` — ``(method, path, query: dict, token)`` of every request
   in order (unauthenticated ones too); ``clear_requests()``.
 """

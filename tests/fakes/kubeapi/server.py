@@ -230,7 +230,13 @@ class Handlers:
         else:
             raise _not_found_path()
         namespace: str | None = None
-        if len(rest) >= 3 and rest[0] == "namespaces":
+        # /namespaces/<ns>/<plural>... is a namespaced resource, unless <plural> is not one:
+        # then it is a subresource of the namespace itself (/namespaces/<ns>/status)
+        if (
+            len(rest) >= 3
+            and rest[0] == "namespaces"
+            and (len(rest) > 3 or self.table.by_path(group, version, rest[2]) is not None)
+        ):
             namespace, rest = rest[1], rest[2:]
         if not rest or len(rest) > 3:
             raise _not_found_path()

@@ -674,6 +674,7 @@ def test_namespace_delete_removes_its_contents(api: FakeKubeApi, v1: client.Core
         "kubernetes.io/metadata.name": "team",
     }
     assert ns.status.phase == "Active"
+    assert v1.read_namespace_status("team").status.phase == "Active"
     v1.delete_namespace("team")
     assert v1.list_namespaced_pod("team").items == []
     assert api.get_object("Namespace", None, "team") is None
