@@ -125,10 +125,10 @@ Test hooks (synchronous, callable from any thread while the server runs)
 * ``fail_next(method, path_prefix, status, count=1, *, retry_after=None, message=None)`` — the
   next ``count`` authenticated requests whose method (``"*"`` for any) and path prefix match get
   ``status`` with a Status body (``reason`` from the code: 429 ``TooManyRequests``, 500
-  ``InternalError``, ...) and ``Retry-After`` if given. Note: a client configured from a
-  kubeconfig retries GETs answered 429/5xx *with* ``Retry-After`` by itself (client-go
-  semantics in client 37), so such a failure is invisible to the caller unless ``count``
-  exceeds the client's retries; without ``retry_after`` the failure reaches the caller.
+  ``InternalError``, ...) and ``Retry-After`` if given. Note: under the ``kubernetes`` client,
+  urllib3's default ``Retry`` re-sends GET/PUT/DELETE answered 413/429/503 *with*
+  ``Retry-After`` up to 3 times (sleeping that long), so ``count <= 3`` of those is invisible
+  to the caller; POST/PATCH, other codes, or no ``retry_after`` reach the caller at once.
 * ``requests: list[RequestRecord]`` — ``(method, path, query: dict, token)`` of every request
   in order (unauthenticated ones too); ``clear_requests()``.
 """

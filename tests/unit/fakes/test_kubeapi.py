@@ -689,11 +689,15 @@ def test_fail_next_injects_errors(api: FakeKubeApi, v1: client.CoreV1Api) -> Non
         v1.list_namespaced_pod("default")
     assert err.value.status == 500 and json.loads(err.value.body)["reason"] == "InternalError"
     assert v1.list_namespaced_pod("default").items == []  # count=1: used up
-    # a 429 with Retry-After: the client (configured from a kubeconfig) retries reads itself
+    # a 429 with Retry-After: urllib3 under the client re-sends idempotent requests (3 times)
     api.clear_requests()
     api.fail_next("*", "/api/v1/pods", 429, count=2, retry_after=1)
     assert v1.list_pod_for_all_namespaces().items == []
     assert [r.path for r in api.requests] == ["/api/v1/pods"] * 3
+    api.fail_next("GET", "/api/v1/pods", 429, count=4, retry_after=0)
+    with pytest.raises(ApiException) as err:
+        v1.list_pod_for_all_namespaces()
+    assert err.value.status == 429
     # ... but not writes: the Status reaches the caller
     api.fail_next("POST", "/api/v1/namespaces/default/configmaps", 429, retry_after=7)
     body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="cfg"))
