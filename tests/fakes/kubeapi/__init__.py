@@ -24,7 +24,8 @@ admin_token="admin-token", default_namespaces=("default", "kube-system", "kube-p
 Connection details
 ------------------
 * ``api.url`` — ``https://127.0.0.1:<port>``; ``api.ca_pem`` — PEM bytes of the per-fake CA
-  (the server certificate covers ``127.0.0.1`` and ``localhost``).
+  (the server certificate covers ``127.0.0.1`` and ``localhost``); ``api.ca_file`` — the same
+  as a file, valid while the server runs.
 * ``api.write_kubeconfig(path, token=None, *, namespace=None) -> Path`` — a kubeconfig with the
   server URL, ``certificate-authority-data`` and a user with the bearer ``token`` (default: the
   admin token). Works with ``kubernetes.config.load_kube_config(path)`` and
