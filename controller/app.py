@@ -90,6 +90,8 @@ class Controller:
         self.config = config
         self.metrics = Metrics()
         self.hub = DiscoveryHub(self.metrics, root_namespace=config.root_namespace)
+        #: see Translation.scheduled: who may request which identity
+        self.scheduled: frozenset[tuple[str, str, str]] = frozenset()
         self.ca: CertificateAuthority | None = None
         self.kube: KubeClient | None = None
         self.elector: LeaderElector | None = None
@@ -178,6 +180,7 @@ class Controller:
         return self.authenticator
 
     def _on_config(self, translation: Translation) -> None:
+        self.scheduled = translation.scheduled
         self.hub.update(
             translation.workloads,
             translation.services,
@@ -304,6 +307,7 @@ class Controller:
                 self.config.trust_domain,
                 dt.timedelta(seconds=self.config.workload_cert_ttl_seconds),
                 self.ready,
+                lambda: self.scheduled,
             )
             async with self._tls_dir() as tls_dir:
                 api_runner, self.api_address = await self._start_site(

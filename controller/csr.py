@@ -9,7 +9,7 @@ scheduled on it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -88,9 +88,17 @@ def _show(name: x509.GeneralName) -> str:
     return f"{type(name).__name__}:{name.value}"
 
 
-def authorize(node: NodeName, identity: SpiffeId, workloads: Iterable[Workload]) -> None:
-    """Raise ``CsrRejected(forbidden, 403)`` unless a workload with ``identity``'s namespace and
-    service account is scheduled on ``node``."""
+def authorize(
+    node: NodeName,
+    identity: SpiffeId,
+    workloads: Iterable[Workload],
+    scheduled: Collection[tuple[str, str, str]] = (),
+) -> None:
+    """Raise ``CsrRejected(forbidden, 403)`` unless a pod with ``identity``'s namespace and
+    service account is scheduled on ``node``: a workload, or an entry of ``scheduled``
+    ((node, namespace, service account) of pods that have no IP yet)."""
+    if (node, identity.namespace, identity.service_account) in scheduled:
+        return
     for w in workloads:
         if (
             w.node == node

@@ -188,6 +188,7 @@ class LocalSource:
                 result.authorization_policies,
                 result.peer_authentications,
                 result.warnings,
+                result.scheduled,
             )
         )
 

@@ -15,7 +15,7 @@ import asyncio
 import datetime as dt
 import logging
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +65,10 @@ class Api:
         trust_domain: str,
         cert_ttl: dt.timedelta,
         is_ready: Callable[[], bool],
+        scheduled: Callable[[], Collection[tuple[str, str, str]]] = frozenset,
     ) -> None:
         self.hub = hub
+        self.scheduled = scheduled
         self.ca = ca
         self.tokens = tokens
         self.metrics = metrics
@@ -171,7 +173,7 @@ class Api:
                     "too_large", f"request body exceeds {MAX_CSR_BYTES} bytes", 413
                 ) from None
             csr, identity = validate_csr(parse_request_body(body), self.trust_domain)
-            authorize(node, identity, self.hub.workloads.values())
+            authorize(node, identity, self.hub.workloads.values(), self.scheduled())
         except CsrRejected as exc:
             self.metrics.csr_refused.labels(exc.reason).inc()
             log.warning(

@@ -36,11 +36,9 @@ from meshapi import wire
 from meshapi.constants import (
     DEFAULT_ROOT_NAMESPACE,
     DEFAULT_TRUST_DOMAIN,
-    ENROLLMENT_ENABLED,
-    ENROLLMENT_LABEL,
-    ENROLLMENT_OPT_OUT,
     LOCAL_NETNS_ANNOTATION,
 )
+from meshapi.enrollment import is_enrolled
 from meshapi.errors import WireError
 from meshapi.ids import NodeName, PodUid, SpiffeId, is_dns_label, is_dns_subdomain
 from meshapi.model import Endpoint, Service, ServicePort, Workload
@@ -244,6 +242,9 @@ class PodObj:
     ip: ipaddress.IPv4Address | None
     #: (container port name, number) for every named TCP container port
     named_ports: tuple[tuple[str, int], ...]
+    #: scheduled and able to join the mesh (neither terminated nor host-network), with or
+    #: without an IP yet
+    meshable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,14 +429,17 @@ def _parse_pod(key: ObjectKey, body: Mapping[str, Any], meta: Mapping[str, Any])
         raise WireError(
             "spec.hostNetwork", f"expected a boolean, got {wire.type_name(host_network)}"
         )
-    if wire.opt_str(status, "phase", "status") in TERMINATED_PHASES or host_network:
+    meshable = wire.opt_str(status, "phase", "status") not in TERMINATED_PHASES and not (
+        host_network
+    )
+    if not meshable:
         ip = None  # not a workload of the mesh (see the module docstring)
     if ip is not None and node is None:
         raise WireError(
             "spec.nodeName",
             "required field is missing (a pod with an IP must be scheduled on a node)",
         )
-    return PodObj(key, uid, labels, annotations, node, sa, ip, tuple(named))
+    return PodObj(key, uid, labels, annotations, node, sa, ip, tuple(named), meshable)
 
 
 def _parse_policy(
@@ -541,6 +545,11 @@ class Translation:
     peer_authentications: dict[str, PeerAuthentication] = field(default_factory=dict)
     #: accepted policies with rules that fail closed somewhere (not errors: they stay in force)
     warnings: tuple[ConfigIssue, ...] = ()
+    #: (node, namespace, service account) of every pod scheduled on a node that may join the
+    #: mesh, IP or not: what a node may request certificates for. On Kubernetes a pod gets its
+    #: IP only after its sandbox exists, and the CNI plugin holds the sandbox until the pod is
+    #: redirected, which needs the certificate first.
+    scheduled: frozenset[tuple[str, str, str]] = frozenset()
 
 
 def translate(
@@ -619,6 +628,15 @@ def translate(
         authz,
         peer_authn,
         tuple(warnings),
+        scheduled_identities(accepted.values()),
+    )
+
+
+def scheduled_identities(accepted: Iterable[Accepted]) -> frozenset[tuple[str, str, str]]:
+    return frozenset(
+        (a.parsed.node, a.parsed.key.namespace, a.parsed.service_account)
+        for a in accepted
+        if isinstance(a.parsed, PodObj) and a.parsed.node is not None and a.parsed.meshable
     )
 
 
@@ -680,15 +698,6 @@ def build(
             services[service.key] = service
             issues.extend(svc_issues)
     return workloads, services, issues
-
-
-def is_enrolled(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str]) -> bool:
-    pod_value = pod_labels.get(ENROLLMENT_LABEL)
-    if pod_value == ENROLLMENT_ENABLED:
-        return True
-    return namespace_labels.get(ENROLLMENT_LABEL) == ENROLLMENT_ENABLED and (
-        pod_value != ENROLLMENT_OPT_OUT
-    )
 
 
 def _workload(pod: PodObj, ns_labels: Mapping[str, str], trust_domain: str) -> Workload:

@@ -1,7 +1,7 @@
 """``meshctl local pods``: what the config dir says about each pod, plus what the agents report.
 
 Enrollment is computed from the *current* config objects (a label applied later counts), with the
-rule of :func:`meshctl.local.topology.is_enrolled`; the redirection state comes from each node's
+rule of :func:`meshapi.enrollment.is_enrolled`; the redirection state comes from each node's
 agent status file when there is one. :func:`rows` is pure; :func:`collect` reads the files.
 """
 
@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from meshapi.enrollment import is_enrolled
 from meshctl import configdir
 from meshctl.local import agentstatus
 from meshctl.local.layout import Layout
-from meshctl.local.topology import is_enrolled
 
 
 @dataclass(frozen=True, slots=True)

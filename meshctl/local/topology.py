@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, NotRequired, TypedDict
 
@@ -24,10 +24,10 @@ from meshapi.constants import (
     CONTROLLER_METRICS_PORT,
     ENROLLMENT_ENABLED,
     ENROLLMENT_LABEL,
-    ENROLLMENT_OPT_OUT,
     NODE_METRICS_PORT,
     NODE_READINESS_PORT,
 )
+from meshapi.enrollment import is_enrolled
 from meshapi.ids import NodeName, PodUid
 from meshctl.errors import TopologyError
 
@@ -46,16 +46,6 @@ CONTROLLER_API: Final = f"{HOST_BRIDGE_IP}:{CONTROLLER_API_PORT}"
 CONTROLLER_METRICS: Final = f"{HOST_BRIDGE_IP}:{CONTROLLER_METRICS_PORT}"
 
 Labels = tuple[tuple[str, str], ...]
-
-
-def is_enrolled(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str]) -> bool:
-    """DESIGN.md enrollment rule: the pod label wins (``none`` opts out), else the namespace's."""
-    pod_value = pod_labels.get(ENROLLMENT_LABEL)
-    if pod_value == ENROLLMENT_ENABLED:
-        return True
-    if pod_value == ENROLLMENT_OPT_OUT:
-        return False
-    return namespace_labels.get(ENROLLMENT_LABEL) == ENROLLMENT_ENABLED
 
 
 @dataclass(frozen=True, slots=True)

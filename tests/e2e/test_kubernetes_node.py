@@ -48,7 +48,7 @@ AGENT_RBAC = [
     ("get", "namespaces"), ("list", "namespaces"), ("watch", "namespaces"),
     ("get", "daemonsets.apps"),
 ]
-CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
+NEWCOMER_ID = "spiffe://cluster.local/ns/default/sa/newcomer"
 #: the new pod (node-1's pod network is 10.78.1.0/24; the cluster's own pods use low addresses)
 NEW_IP = "10.78.1.201"
 PLAIN_IP = "10.78.1.202"
@@ -301,7 +301,21 @@ def test_cni_add_returns_only_once_the_new_pod_is_redirected(
          lambda: kube_node.status().get("kubernetes", {}).get("cniInstalled"), timeout=30)
     pod = make_pod(extra_pods, "a", NEW_IP)
     uid = str(uuid.uuid4())
-    kube_node.fake.apply(pod_object("newpod", "default", "client", uid))
+    # a service account no other pod has: the controller must sign its certificate for a pod
+    # that is scheduled but has no IP yet (the kubelet reports the IP only after the sandbox)
+    obj = pod_object("newpod", "default", "newcomer", uid)
+    kube_node.fake.apply(obj)
+    manifest = kube_node.tmp / "newpod.yaml"
+    manifest.write_text(json.dumps(obj))
+    cluster.meshctl("apply", "-f", str(manifest))
+    try:
+        _add_and_use(kube_node, pod, uid)
+    finally:
+        cluster.meshctl("delete", "-f", str(manifest), check=False)
+
+
+def _add_and_use(kube_node: KubeNode, pod: ExtraPod, uid: str) -> None:
+    cluster = kube_node.cluster
     started = time.time()
     res = kube_node.cni("ADD", pod.netns, "default", "newpod", uid, NEW_IP, "sandbox-a")
     assert res.returncode == 0, f"{res.stdout}\n{res.stderr}\n{kube_node.log()}"
@@ -314,7 +328,7 @@ def test_cni_add_returns_only_once_the_new_pod_is_redirected(
     assert json.loads(reply.stdout)["pod"] == "server-1"
     rec = poll("node-2's record of the new pod's connection",
                lambda: cluster.inbound_record("node-2", NEW_IP, started))
-    assert rec["srcIdentity"] == CLIENT_ID and rec["tlsVersion"] == "TLSv1.3"
+    assert rec["srcIdentity"] == NEWCOMER_ID and rec["tlsVersion"] == "TLSv1.3"
     poll("newpod annotated enabled",
          lambda: kube_node.annotation("default", "newpod") == "enabled", timeout=15)
 

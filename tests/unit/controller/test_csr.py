@@ -117,3 +117,12 @@ def test_authorization_rule() -> None:
     assert "node-1" in info.value.message and str(web) in info.value.message
     with pytest.raises(CsrRejected):
         authorize(NodeName("node-1"), SpiffeId(TD, "other", "db"), workloads)
+
+
+def test_a_scheduled_pod_without_ip_authorizes_its_identity() -> None:
+    # on Kubernetes the CNI plugin holds a new pod's sandbox until the ztunnel serves it, which
+    # needs the certificate; the pod gets its IP only after that
+    web = SpiffeId(TD, "default", "web")
+    authorize(NodeName("node-1"), web, [], {("node-1", "default", "web")})
+    with pytest.raises(CsrRejected):
+        authorize(NodeName("node-2"), web, [], {("node-1", "default", "web")})

@@ -366,3 +366,21 @@ def test_service_accounts_and_namespaces_are_accepted() -> None:
     sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web"}}
     result = translate(objs(sa, namespace("default"), pod()))
     assert result.errors == () and len(result.workloads) == 1
+
+
+def test_scheduled_identities_include_pods_without_ip_but_not_finished_or_host_network() -> None:
+    done = pod("done", ip="10.78.1.9", sa="batch")
+    done["status"]["phase"] = "Succeeded"
+    host = pod("host", ip="10.77.0.11", sa="agent")
+    host["spec"]["hostNetwork"] = True
+    objects = [
+        namespace("default"),
+        pod("new", ip=None, sa="web"),  # scheduled, sandbox not created yet
+        pod("pending", node=None, ip=None, sa="queued"),  # not scheduled
+        done,
+        host,
+    ]
+    result = translate([SourceObject("f.yaml", i, o) for i, o in enumerate(objects)])
+    assert result.errors == ()
+    assert result.workloads == {}
+    assert result.scheduled == frozenset({("node-1", "default", "web")})
