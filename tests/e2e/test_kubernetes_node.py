@@ -292,7 +292,8 @@ def test_existing_pods_found_in_proc_and_annotated(kube_node: KubeNode) -> None:
     assert conf and (kube_node.bin_dir / "nodemesh-cni").is_file()
     assert kube_node.cluster.redirection("client")
     # the DaemonSet's readiness probe agrees
-    probe = [sys.executable, "-m", "node_agent.probe", "--ready", str(kube_node.tmp / "status.json")]
+    probe = [sys.executable, "-m", "node_agent.probe", "--ready",
+             str(kube_node.tmp / "status.json")]
     poll("the readiness probe to pass", lambda: subprocess.run(probe).returncode == 0)
 
 
