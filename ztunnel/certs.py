@@ -253,9 +253,14 @@ class CertificateStore:
         self._changed = asyncio.Event()
 
     def _renew_time(self, info: CertInfo) -> datetime:
-        at = info.not_before + (info.not_after - info.not_before) * self._fraction
+        """Called when the certificate arrives: the fraction is of the lifetime left from now.
+        Issuers backdate ``not_before`` to absorb clock skew (ours by 60 s); counting from it
+        would put the half-life of a short-lived certificate in the past."""
+        now = datetime.now(UTC)
+        start = min(max(info.not_before, now), info.not_after)
+        at = start + (info.not_after - start) * self._fraction
         # never a hot loop, even for certificates whose renewal time is already past
-        return max(at, datetime.now(UTC) + _seconds(_MIN_RENEW_INTERVAL))
+        return max(at, now + _seconds(_MIN_RENEW_INTERVAL))
 
     async def acquire(self, identity: SpiffeId) -> WorkloadCert:
         """The identity's certificate, fetched once however many callers wait; refcount +1."""

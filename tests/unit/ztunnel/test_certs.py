@@ -3,13 +3,14 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
 
 from meshapi.ids import SpiffeId
 from tests.unit.ztunnel.hbone.testca import TestCA
-from ztunnel.certs import CertificateStore, ControllerCertFetcher, make_csr
+from ztunnel.certs import CertificateStore, CertInfo, ControllerCertFetcher, make_csr
 from ztunnel.errors import CertError
 
 ALICE = SpiffeId.parse("spiffe://cluster.local/ns/default/sa/alice")
@@ -95,3 +96,17 @@ async def test_controller_fetcher_errors_say_what_to_check(tmp_path) -> None:  #
     (tmp_path / "root.pem").write_text(TestCA().root_pem)
     with pytest.raises(CertError, match="controller"):
         await fetcher.sign("x")
+
+
+def test_renewal_time_counts_from_arrival_not_from_a_backdated_not_before() -> None:
+    store = CertificateStore(TestCA(), "cluster.local", renew_fraction=0.5)
+    now = datetime.now(UTC)
+    ident = SpiffeId("cluster.local", "default", "web")
+    # a 40 s certificate whose issuer backdated not_before by 60 s (clock-skew allowance): its
+    # half-life from not_before is already past; from arrival it is 20 s ahead
+    info = CertInfo(ident, 1, now - timedelta(seconds=60), now + timedelta(seconds=40))
+    at = store._renew_time(info)
+    assert timedelta(seconds=19) <= at - now <= timedelta(seconds=21)
+    # a day-long certificate: renewed after about half a day, as before
+    info = CertInfo(ident, 2, now - timedelta(seconds=60), now + timedelta(days=1))
+    assert abs((store._renew_time(info) - now) - timedelta(hours=12)) < timedelta(seconds=5)
