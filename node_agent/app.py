@@ -142,7 +142,13 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         if kube is not None:
             kube.status_changed()
 
-    agent = Agent(config.node, settings, redirector, source, connect, on_status=on_status)
+    probe_source = None
+    if config.host_probe_auto:
+        from node_agent.hostroute import source_towards
+
+        probe_source = source_towards
+    agent = Agent(config.node, settings, redirector, source, connect, on_status=on_status,
+                  probe_source=probe_source)
     notify.append(agent.notify)
 
     async def write_status() -> None:

@@ -44,7 +44,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "(sockmap/sk_msg; experimental, default off: no flow control, a bulk sender can fail "
         f"with ENOMEM; env {c.ENV_EBPF_SOCKMAP}=1)",
     )
-    add("--host-probe-ip", c.ENV_HOST_PROBE_IP, "source IP of health probes, not captured")
+    add("--host-probe-ip", c.ENV_HOST_PROBE_IP,
+        "source IP of the kubelet's health probes, exempt from inbound capture; auto: the "
+        "node's source address on its route to the pods")
     add("--status-file", c.ENV_STATUS_FILE, "write per-pod redirection state here as JSON")
     add("--log-level", c.ENV_LOG_LEVEL, "DEBUG, INFO, WARNING, ERROR", "INFO")
     add("--source", c.ENV_SOURCE,
@@ -86,7 +88,8 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> c.Config:
             f"{', '.join(c.REDIRECT_MODES)}"
         )
     probe: ipaddress.IPv4Address | None = None
-    if ns.host_probe_ip:
+    auto_probe = ns.host_probe_ip == "auto"
+    if ns.host_probe_ip and not auto_probe:
         try:
             probe = ipaddress.IPv4Address(ns.host_probe_ip)
         except ValueError as exc:
@@ -104,6 +107,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> c.Config:
         zds_socket=Path(ns.zds_socket),
         redirect_mode=ns.redirect_mode,
         host_probe_ip=probe,
+        host_probe_auto=auto_probe,
         status_file=Path(ns.status_file) if ns.status_file else None,
         log_level=level,
         cgroup=Path(ns.cgroup) if ns.cgroup else None,

@@ -47,6 +47,8 @@ class Config:
     zds_socket: Path
     redirect_mode: str = "auto"
     host_probe_ip: ipaddress.IPv4Address | None = None
+    #: ``--host-probe-ip auto``: the node's source address towards its pods (node_agent.hostroute)
+    host_probe_auto: bool = False
     status_file: Path | None = None
     log_level: str = "INFO"
     #: eBPF mode: the cgroup v2 directory holding this node's pods and ztunnel (None: the root)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
 import logging
 import os
 import time
@@ -176,6 +178,9 @@ class PodStatus:
         }
 
 
+#: pod IP -> the source address of the node's probes towards it (node_agent.hostroute)
+ProbeSource = Callable[[ipaddress.IPv4Address], ipaddress.IPv4Address | None]
+
 Connect = Callable[[Callable[[], None]], Awaitable[AbstractAsyncContextManager[ZtunnelSession]]]
 
 
@@ -191,9 +196,12 @@ class Agent:
         connect: Connect,
         on_status: Callable[[], None] = lambda: None,
         backoff: Backoff | None = None,
+        probe_source: ProbeSource | None = None,
     ) -> None:
         self.node = node
         self.settings = settings
+        #: ``--host-probe-ip auto``: finds the probes' source address from a pod's IP
+        self._probe_source = probe_source
         self.redirector = redirector
         self.source = source
         self._connect = connect
@@ -331,9 +339,28 @@ class Agent:
             log.error("pod %s/%s: %s", w.namespace, w.name, error)
         st.status, st.last_error, st.since = "error", error, time.time()
 
+    def _resolve_probe_source(self, local: Mapping[str, Workload]) -> None:
+        """Follow the node's source address towards its pods (it is the same for every pod of
+        a node with the CNIs we know); a change re-plans every pod."""
+        if self._probe_source is None:
+            return
+        ips = sorted(w.ip for w in local.values() if w.enrolled)
+        if not ips:
+            return
+        try:
+            found = self._probe_source(ips[0])
+        except AgentError as exc:
+            log.warning("%s; kubelet probes keep the exemption they had", exc)
+            return
+        if found != self.settings.host_probe_ip:
+            log.info("kubelet probes come from %s (the node's source address towards %s)",
+                     found, ips[0])
+            self.settings = dataclasses.replace(self.settings, host_probe_ip=found)
+
     async def sync(self, session: ZtunnelSession, snapshot: bool) -> None:
         """One reconcile pass. ZDS connection failures propagate (the caller reconnects)."""
         local = self.local()
+        self._resolve_probe_source(local)
         actions = decide(
             local, self.rules, self.added, frozenset(session.served), self.settings, snapshot
         )

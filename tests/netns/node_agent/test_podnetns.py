@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from node_agent import podnetns
+from node_agent.errors import AgentError
+from node_agent.hostroute import source_towards
+from node_agent.netns import run_in_netns
 
 
 @pytest.fixture
@@ -88,3 +91,19 @@ def test_the_nodes_own_addresses_never_match() -> None:
     found = podnetns.find(Path("/proc"), {"uid-x": ipaddress.IPv4Address("127.0.0.1")},
                           netns_dirs=())
     assert all(not p.startswith(f"/proc/{1}/") for p in found.values())
+
+
+def test_source_towards_a_pod_is_the_routes_preferred_source(
+    netns_factory: Callable[[str], str],
+    veth_pair: Callable[[str, str, str, str], None],
+) -> None:
+    # the node side (a) reaches the pod (b): the kubelet's probes would come from 10.251.9.1
+    a, b = netns_factory("ra"), netns_factory("rb")
+    veth_pair(a, b, "10.251.9.1/24", "10.251.9.7/24")
+    got = run_in_netns(f"/run/netns/{a}",
+                       lambda: source_towards(ipaddress.IPv4Address("10.251.9.7")))
+    assert got == ipaddress.IPv4Address("10.251.9.1")
+    # no route at all: an error that says what was looked up
+    with pytest.raises(AgentError, match=r"route to 192\.0\.2\.1"):
+        run_in_netns(f"/run/netns/{b}",
+                     lambda: source_towards(ipaddress.IPv4Address("192.0.2.1")))

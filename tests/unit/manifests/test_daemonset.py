@@ -367,7 +367,7 @@ def test_agent_args_parse_with_its_parser(monkeypatch: pytest.MonkeyPatch) -> No
         "--cni-socket": ["/var/run/nodemesh/cni.sock"],
         "--cni-bin-dir": ["/host/opt/cni/bin"], "--cni-conf-dir": ["/host/etc/cni/net.d"],
         "--cni-plugin": ["/usr/local/lib/nodemesh/nodemesh-cni"],
-        "--proc-root": ["/host/proc"], "--redirect-mode": ["auto"],
+        "--proc-root": ["/host/proc"], "--redirect-mode": ["auto"], "--host-probe-ip": ["auto"],
         "--cgroup": ["/host/sys/fs/cgroup"], "--bpf-pin-root": ["/sys/fs/bpf/nodemesh"],
         "--status-file": ["/var/run/nodemesh/agent-status.json"],
     }

@@ -205,3 +205,30 @@ async def test_missing_netns_is_reported_and_retried() -> None:
     assert ag.pods["a"].status == "error" and "cannot open netns" in (ag.pods["a"].last_error or "")
     await ag.sync(session, snapshot=False)
     assert red.calls.count(("apply", A.netns or "")) == 2
+
+
+async def test_probe_source_auto_follows_the_nodes_route_and_replans(tmp_path: object) -> None:
+    import os
+    netns = os.path.join(str(tmp_path), "ns-a")
+    with open(netns, "w"):  # noqa: ASYNC230 - a tiny marker file stands in for a netns
+        pass
+    a = dataclasses.replace(A, netns=netns)
+    source, red = FakeSource({"a": a}), FakeRedirector()
+    answers = {ipaddress.IPv4Address("10.78.1.2"): ipaddress.IPv4Address("10.78.1.1")}
+    asked: list[ipaddress.IPv4Address] = []
+
+    def probe(ip: ipaddress.IPv4Address) -> ipaddress.IPv4Address | None:
+        asked.append(ip)
+        return answers.get(ip)
+
+    ag = Agent("node-1", Settings(), red, source, _no_connect,  # type: ignore[arg-type]
+               probe_source=probe)
+    session = FakeSession(set(), [])
+    await ag.sync(session, snapshot=True)
+    assert asked == [a.ip]
+    assert ag.settings.host_probe_ip == ipaddress.IPv4Address("10.78.1.1")
+    assert red.netns[netns] == plan_for_pod(a.ip, Settings(host_probe_ip=answers[a.ip]))
+    # the route changes (say, the bridge was re-addressed): every pod is planned again
+    answers[a.ip] = ipaddress.IPv4Address("10.78.1.254")
+    await ag.sync(session, snapshot=False)
+    assert red.netns[netns] == plan_for_pod(a.ip, Settings(host_probe_ip=answers[a.ip]))
