@@ -41,6 +41,7 @@ from meshapi.constants import (
 from meshapi.enrollment import is_enrolled
 from meshapi.errors import WireError
 from meshapi.ids import NodeName, PodUid, SpiffeId, is_dns_label, is_dns_subdomain
+from meshapi.kubeobjects import MetadataRaw, NamespaceRaw, PodRaw
 from meshapi.model import Endpoint, Service, ServicePort, Workload
 from meshapi.policy import (
     API_VERSION as POLICY_API_VERSION,
@@ -55,44 +56,6 @@ from meshapi.policy import (
 )
 
 # ---- raw objects (the edge) ------------------------------------------------------------------
-
-
-class MetadataRaw(TypedDict, total=False):
-    name: str
-    namespace: str
-    uid: str
-    labels: dict[str, str]
-    annotations: dict[str, str]
-
-
-class ContainerPortRaw(TypedDict, total=False):
-    name: str
-    containerPort: int
-    protocol: str
-
-
-class ContainerRaw(TypedDict, total=False):
-    name: str
-    ports: list[ContainerPortRaw]
-
-
-class PodSpecRaw(TypedDict, total=False):
-    nodeName: str
-    serviceAccountName: str
-    containers: list[ContainerRaw]
-
-
-class PodStatusRaw(TypedDict, total=False):
-    podIP: str
-    phase: str
-
-
-class PodRaw(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: MetadataRaw
-    spec: PodSpecRaw
-    status: PodStatusRaw
 
 
 class ServicePortRaw(TypedDict, total=False):
@@ -114,12 +77,6 @@ class ServiceRaw(TypedDict, total=False):
     kind: str
     metadata: MetadataRaw
     spec: ServiceSpecRaw
-
-
-class NamespaceRaw(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: MetadataRaw
 
 
 class ServiceAccountRaw(TypedDict, total=False):

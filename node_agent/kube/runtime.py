@@ -20,8 +20,9 @@ import ipaddress
 import logging
 import time
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import Any, cast
 
+from meshapi.kubeobjects import PodRaw
 from meshapi.kubewatch import ObjectKey, Reflector
 from node_agent import podnetns
 from node_agent.cni.errors import CniCode, CniFailure
@@ -35,7 +36,6 @@ from node_agent.kube.state import (
     REDIRECTION_ANNOTATION,
     CniPod,
     NodePods,
-    PodRaw,
     annotation_changes,
     pod_enrolled,
 )
@@ -166,8 +166,7 @@ class KubeNode:
         pod = self.pods.pod(namespace, name)
         cached_uid = ((pod or {}).get("metadata") or {}).get("uid")
         if pod is None or (uid is not None and cached_uid != uid):
-            fetched = await asyncio.to_thread(self.api.get_pod, namespace, name)
-            pod = fetched  # type: ignore[assignment]
+            pod = cast(PodRaw | None, await asyncio.to_thread(self.api.get_pod, namespace, name))
         return pod
 
     async def _ns_labels(self, namespace: str) -> dict[str, str]:

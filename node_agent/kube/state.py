@@ -26,48 +26,18 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TypedDict, cast
+from typing import cast
 
 from meshapi.enrollment import is_enrolled
 from meshapi.errors import IdentityError
 from meshapi.ids import NodeName, PodUid, SpiffeId, is_dns_label, is_dns_subdomain
+from meshapi.kubeobjects import NamespaceRaw, PodRaw
 from meshapi.model import Workload
 
 log = logging.getLogger(__name__)
 
 #: the agent writes this pod annotation: ``enabled`` once redirected, ``pending`` before
 REDIRECTION_ANNOTATION = "nodemesh.io/redirection"
-
-
-class MetadataRaw(TypedDict, total=False):
-    name: str
-    namespace: str
-    uid: str
-    labels: dict[str, str]
-    annotations: dict[str, str]
-    deletionTimestamp: str
-    ownerReferences: list[dict[str, object]]
-
-
-class PodSpecRaw(TypedDict, total=False):
-    nodeName: str
-    serviceAccountName: str
-    hostNetwork: bool
-
-
-class PodStatusRaw(TypedDict, total=False):
-    phase: str
-    podIP: str
-
-
-class PodRaw(TypedDict, total=False):
-    metadata: MetadataRaw
-    spec: PodSpecRaw
-    status: PodStatusRaw
-
-
-class NamespaceRaw(TypedDict, total=False):
-    metadata: MetadataRaw
 
 
 @dataclass(frozen=True, slots=True)
