@@ -225,8 +225,10 @@ class Agent:
     def redirected(self, uid: str, netns: str | None = None) -> bool:
         """True if the pod's rules are in place and the ztunnel serves it (in ``netns``, if
         given: a recreated sandbox keeps the pod UID but gets a new netns)."""
-        w = self.local().get(uid)
-        if w is None or not w.enrolled or (netns is not None and w.netns != netns):
+        w = self.source.workloads.get(uid)
+        if w is None or w.node != self.node or not w.enrolled or (
+            netns is not None and w.netns != netns
+        ):
             return False
         st = self.pods.get(uid)
         return self._ok(uid, w) and st is not None and st.status == "redirected"
