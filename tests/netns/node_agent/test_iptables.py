@@ -30,10 +30,12 @@ def path(ns: str) -> str:
 
 
 def save(ns: str, counters: bool = False) -> str:
+    """The nat table as iptables-save prints it, minus its timestamped comment lines."""
     args = ["ip", "netns", "exec", ns, "iptables-legacy-save", "-t", "nat"]
     if counters:
         args.append("-c")
-    return subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return "".join(line for line in out.splitlines(keepends=True) if not line.startswith("#"))
 
 
 def ours(text: str) -> str:
