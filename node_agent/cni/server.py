@@ -4,8 +4,8 @@ Invariants:
 
 * The socket file is created mode 0600 (bound under a temporary name, chmod-ed, then renamed
   into place); a stale socket file is replaced, a live one (another agent answers on it) or a
-  non-socket file at the path is an error. ``close()`` removes the file only while it is still
-  the one this server bound.
+  non-socket file at the path is an error (:mod:`node_agent.unixsock`). ``close()`` removes the
+  file only while it is still the one this server bound.
 * Every connection gets exactly one response frame (``protocol.response_frame``) unless the
   client is gone. Nothing the client sends or the backend raises can make a connection hang:
   reading the request is bounded in bytes and time, each backend call in time.
@@ -23,14 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
 import socket
-import stat
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from node_agent import unixsock
 from node_agent.cni import protocol
 from node_agent.cni.errors import CniCode, CniFailure, CniRequestError, CniServerError
 from node_agent.cni.protocol import (
@@ -162,75 +160,13 @@ class CniServer:
     # --- socket ------------------------------------------------------------------------------
 
     def _bind(self) -> socket.socket:
-        directory = os.path.dirname(self.path) or "."
-        try:
-            os.makedirs(directory, mode=0o755, exist_ok=True)
-        except OSError as exc:
-            raise CniServerError(
-                f"cannot create {directory} for the CNI socket: {exc}; is the directory a "
-                "hostPath mount the DaemonSet can write?"
-            ) from exc
-        self._remove_stale()
-        tmp = os.path.join(directory, f".cni-{secrets.token_hex(6)}.sock")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(tmp)
-            os.chmod(tmp, 0o600)
-            sock.listen(128)
-            sock.setblocking(False)
-            os.rename(tmp, self.path)
-            st = os.stat(self.path)
-        except OSError as exc:
-            sock.close()
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise CniServerError(f"cannot serve the CNI socket at {self.path}: {exc}") from exc
-        self._bound = (st.st_dev, st.st_ino)
+        sock, self._bound = unixsock.bind(
+            self.path, "--cni-socket", CniServerError, tmp_prefix="cni"
+        )
         return sock
 
-    def _remove_stale(self) -> None:
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise CniServerError(
-                f"{self.path} exists and is not a socket; remove it or choose another "
-                "--cni-socket"
-            )
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.setblocking(False)
-        try:
-            probe.connect(self.path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            pass  # stale: nobody listens
-        except BlockingIOError:
-            raise CniServerError(
-                f"another process serves {self.path} (its backlog is full); is a second node "
-                "agent running on this node?"
-            ) from None
-        else:
-            raise CniServerError(
-                f"another process serves {self.path}; is a second node agent running on this "
-                "node?"
-            )
-        finally:
-            probe.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        log.info("replaced the stale CNI socket file %s", self.path)
-
     def _unlink_if_ours(self) -> None:
-        if self._bound is None:
-            return
-        try:
-            st = os.lstat(self.path)
-            if (st.st_dev, st.st_ino) == self._bound:
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("could not remove the CNI socket %s: %s", self.path, exc)
+        unixsock.unlink_if_ours(self.path, self._bound)
         self._bound = None
 
     # --- connections -------------------------------------------------------------------------
