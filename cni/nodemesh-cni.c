@@ -17,7 +17,12 @@
  *   - stdout carries exactly one CNI result or error object, or nothing (DEL, CHECK, GC).
  *   - Every wait is bounded by one deadline (60 s, NODEMESH_CNI_TIMEOUT_SECONDS overrides).
  *   - ADD fails closed when the agent cannot be reached: an enrolled pod must never start
- *     unmeshed; the kubelet retries the sandbox. DEL and CHECK succeed instead: a pod must
+ *     unmeshed; the kubelet retries the sandbox. The one exception is a pod of a namespace on
+ *     the agent's fallback list (node_agent/cni/fallback.py: namespaces it last saw outside the
+ *     mesh), whose ADD then returns the previous result unchanged, as the agent would have, so
+ *     that a down agent does not stop pods that have nothing to do with the mesh. A pod that
+ *     is not a Kubernetes pod (no K8S_POD_NAMESPACE) passes the same way: the agent never
+ *     meshes those. DEL and CHECK succeed instead: a pod must
  *     always be deletable (also after nodemesh is uninstalled), and a failed CHECK may be taken
  *     by the runtime as a permanent misconfiguration, while the redirection lives in the pod's
  *     own namespace and survives an agent restart.
@@ -25,6 +30,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +42,9 @@
 
 #define PROTO_MAGIC "NODEMESH-CNI 1"
 #define DEFAULT_SOCKET "/var/run/nodemesh/cni.sock"
+#define DEFAULT_FALLBACK "/var/run/nodemesh/cni-fallback"
+#define FALLBACK_MAGIC "NODEMESH-CNI-FALLBACK 1"
+#define MAX_FALLBACK_BYTES (1024 * 1024) /* mirrored in node_agent/cni/fallback.py */
 #define DEFAULT_TIMEOUT_SECONDS 60
 #define MAX_TIMEOUT_SECONDS 3600
 #define MAX_CONFIG_BYTES (1024 * 1024)
@@ -172,64 +181,127 @@ static int read_stdin(struct buf *in)
 }
 
 /*
- * Finds the top-level "cniVersion" of the configuration, only to label our own errors with it.
- * A scan, not a parser: it tracks strings and nesting depth so that the prevResult's own
- * "cniVersion" is not taken. Keeps the fallback unless the value is short and plain ([0-9.]).
+ * A JSON scanner, not a parser: enough to find an object's members and copy their text. It
+ * tracks strings (with escapes) and nesting; it does not check that brackets match in kind.
+ * Positions are byte offsets into s; 0 as a return value means malformed or truncated.
  */
+static size_t skip_ws(const char *s, size_t len, size_t i)
+{
+	while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r' || s[i] == '\n'))
+		i++;
+	return i;
+}
+
+/* Just past the string that starts at s[i] == '"'. */
+static size_t skip_string(const char *s, size_t len, size_t i)
+{
+	for (i++; i < len; i++) {
+		if (s[i] == '\\')
+			i++;
+		else if (s[i] == '"')
+			return i + 1;
+	}
+	return 0;
+}
+
+/* Just past the value that starts at s[i]. */
+static size_t skip_value(const char *s, size_t len, size_t i)
+{
+	if (i >= len)
+		return 0;
+	if (s[i] == '"')
+		return skip_string(s, len, i);
+	if (s[i] == '{' || s[i] == '[') {
+		int depth = 0;
+		for (; i < len; i++) {
+			if (s[i] == '"') {
+				size_t end = skip_string(s, len, i);
+				if (!end)
+					return 0;
+				i = end - 1;
+			} else if (s[i] == '{' || s[i] == '[') {
+				depth++;
+			} else if ((s[i] == '}' || s[i] == ']') && --depth == 0) {
+				return i + 1;
+			}
+		}
+		return 0;
+	}
+	size_t start = i;
+	while (i < len && !strchr(",}] \t\r\n", s[i]) && s[i])
+		i++;
+	return i > start ? i : 0;
+}
+
+struct member {
+	size_t key, key_end;	 /* the key, quotes included */
+	size_t value, value_end; /* the value's text */
+};
+
+/* Steps through the members of the object whose '{' is at s[*pos] (start with *pos there; each
+ * call leaves it on the ',' or '}' after the member): 1 and *m filled, 0 at the end of the
+ * object, -1 malformed. */
+static int next_member(const char *s, size_t len, size_t *pos, struct member *m)
+{
+	if (*pos >= len)
+		return -1;
+	if (s[*pos] == '}')
+		return 0;
+	if (s[*pos] != '{' && s[*pos] != ',')
+		return -1;
+	size_t i = skip_ws(s, len, *pos + 1);
+	if (i >= len)
+		return -1;
+	if (s[*pos] == '{' && s[i] == '}') {
+		*pos = i;
+		return 0;
+	}
+	if (s[i] != '"' || !(m->key_end = skip_string(s, len, i)))
+		return -1;
+	m->key = i;
+	i = skip_ws(s, len, m->key_end);
+	if (i >= len || s[i] != ':')
+		return -1;
+	m->value = skip_ws(s, len, i + 1);
+	if (!(m->value_end = skip_value(s, len, m->value)))
+		return -1;
+	i = skip_ws(s, len, m->value_end);
+	if (i >= len || (s[i] != ',' && s[i] != '}'))
+		return -1;
+	*pos = i;
+	return 1;
+}
+
+static int key_is(const char *s, const struct member *m, const char *key)
+{
+	size_t n = strlen(key);
+	return m->key_end - m->key == n + 2 && memcmp(s + m->key + 1, key, n) == 0;
+}
+
+/* The value of the member named key of the object at s[obj]: 1 found, 0 not, -1 malformed. */
+static int find_member(const char *s, size_t len, size_t obj, const char *key, struct member *m)
+{
+	if (obj >= len || s[obj] != '{')
+		return -1;
+	size_t pos = obj;
+	int r;
+	while ((r = next_member(s, len, &pos, m)) == 1)
+		if (key_is(s, m, key))
+			return 1;
+	return r;
+}
+
+/* The top-level "cniVersion" of the configuration, only to label our own errors with it. Keeps
+ * the fallback unless the value is a short, plain string ([0-9.]). */
 static void scan_cni_version(const char *s, size_t len)
 {
-	int depth = 0;
-	char prev = 0; /* last structural character seen at depth 1 */
-	int want_value = 0;
-	for (size_t i = 0; i < len; i++) {
-		char c = s[i];
-		if (c == '"') {
-			size_t start = ++i;
-			int escaped = 0;
-			while (i < len && s[i] != '"') {
-				if (s[i] == '\\') {
-					escaped = 1;
-					i++;
-				}
-				i++;
-			}
-			if (i >= len)
-				return;
-			size_t slen = i - start;
-			if (depth == 1 && want_value) {
-				if (!escaped && slen > 0 && slen < sizeof(cni_version) &&
-				    strspn(s + start, "0123456789.") >= slen) {
-					memcpy(cni_version, s + start, slen);
-					cni_version[slen] = '\0';
-				}
-				return;
-			}
-			if (depth == 1 && (prev == '{' || prev == ',') && !escaped && slen == 10 &&
-			    memcmp(s + start, "cniVersion", 10) == 0) {
-				size_t j = i + 1;
-				while (j < len && strchr(" \t\r\n", s[j]) && s[j])
-					j++;
-				if (j < len && s[j] == ':') {
-					i = j;
-					want_value = 1;
-					continue;
-				}
-			}
-			if (depth == 1)
-				prev = 's';
-			continue;
-		}
-		if (want_value && !strchr(" \t\r\n", c))
-			return; /* not a string value: keep the fallback */
-		if (c == '{' || c == '[') {
-			depth++;
-			if (depth == 1)
-				prev = c;
-		} else if (c == '}' || c == ']') {
-			depth--;
-		} else if (depth == 1 && c == ',') {
-			prev = ',';
-		}
+	struct member m;
+	if (find_member(s, len, skip_ws(s, len, 0), "cniVersion", &m) != 1 || s[m.value] != '"')
+		return;
+	size_t slen = m.value_end - m.value - 2;
+	if (slen > 0 && slen < sizeof(cni_version) && strspn(s + m.value + 1, "0123456789.") >= slen) {
+		memcpy(cni_version, s + m.value + 1, slen);
+		cni_version[slen] = '\0';
 	}
 }
 
@@ -380,6 +452,107 @@ static int parse_response(const struct buf *r, size_t *body)
 	return code;
 }
 
+/* The value of K8S_POD_NAMESPACE in CNI_ARGS ("K1=V1;K2=V2"), copied into out; NULL if absent,
+ * empty or too long. */
+static const char *pod_namespace(char *out, size_t size)
+{
+	const char *args = getenv("CNI_ARGS");
+	const char *key = "K8S_POD_NAMESPACE=";
+	size_t klen = strlen(key);
+	for (const char *p = args; p && *p;) {
+		const char *end = strchr(p, ';');
+		size_t n = end ? (size_t)(end - p) : strlen(p);
+		if (n > klen && memcmp(p, key, klen) == 0 && n - klen < size) {
+			memcpy(out, p + klen, n - klen);
+			out[n - klen] = '\0';
+			return out;
+		}
+		p = end ? end + 1 : NULL;
+	}
+	return NULL;
+}
+
+/* Is namespace ns on the agent's fallback list at path? 1 yes, 0 no; why says what was found. */
+static int fallback_lists(const char *path, const char *ns, char *why, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		snprintf(why, size, "no fallback list at %s (%s)", path, strerror(errno));
+		return 0;
+	}
+	struct buf list = {0};
+	char chunk[65536];
+	int broken = 0;
+	for (;;) {
+		ssize_t n = read(fd, chunk, sizeof(chunk));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			broken = n < 0;
+			break;
+		}
+		if (list.len + (size_t)n > MAX_FALLBACK_BYTES || buf_append(&list, chunk, (size_t)n)) {
+			broken = 1;
+			break;
+		}
+	}
+	close(fd);
+	size_t mlen = strlen(FALLBACK_MAGIC);
+	int listed = 0;
+	if (broken || list.len < mlen + 1 || memcmp(list.data, FALLBACK_MAGIC "\n", mlen + 1) != 0 ||
+	    list.data[list.len - 1] != '\n') {
+		snprintf(why, size, "%s is not a readable fallback list", path);
+	} else {
+		size_t nlen = strlen(ns);
+		for (char *line = list.data + mlen + 1; line < list.data + list.len;) {
+			char *nl = memchr(line, '\n', (size_t)(list.data + list.len - line));
+			if ((size_t)(nl - line) == nlen && memcmp(line, ns, nlen) == 0) {
+				listed = 1;
+				break;
+			}
+			line = nl + 1;
+		}
+		if (!listed)
+			snprintf(why, size,
+				 "namespace %s is not on the fallback list %s (it is enrolled, has pods "
+				 "that opt in, or is not known to the agent)",
+				 ns, path);
+	}
+	free(list.data);
+	return listed;
+}
+
+/* ADD's result when nothing is changed: the previous result, labelled with the configuration's
+ * cniVersion (as node_agent/cni/protocol.py success_output builds it). 0 written, -1 when the
+ * configuration has no prevResult object. */
+static int print_prev_result(const struct buf *config)
+{
+	const char *s = config->data;
+	size_t len = config->len;
+	struct member prev, m;
+	if (!s || find_member(s, len, skip_ws(s, len, 0), "prevResult", &prev) != 1 ||
+	    s[prev.value] != '{')
+		return -1;
+	struct buf out = {0};
+	buf_append(&out, "{\"cniVersion\":\"", 15);
+	json_escape(&out, cni_version);
+	buf_append(&out, "\"", 1);
+	size_t pos = prev.value;
+	int r;
+	while ((r = next_member(s, len, &pos, &m)) == 1) {
+		if (key_is(s, &m, "cniVersion"))
+			continue;
+		buf_append(&out, ",", 1);
+		buf_append(&out, s + m.key, m.key_end - m.key);
+		buf_append(&out, ":", 1);
+		buf_append(&out, s + m.value, m.value_end - m.value);
+	}
+	buf_append(&out, "}\n", 2);
+	int ok = r == 0 && !out_of_memory && write_all(STDOUT_FILENO, out.data, out.len) == 0;
+	free(out.data);
+	return ok ? 0 : -1;
+}
+
 int main(void)
 {
 	/* Read the configuration first, whatever the command: a runtime writing it to a plugin
@@ -490,7 +663,7 @@ int main(void)
 		return code;
 	}
 
-	char msg[512];
+	char msg[1280];
 	if (o == UNREACHABLE)
 		snprintf(msg, sizeof(msg), "nodemesh node agent not reachable at %s: %s", x.socket_path,
 			 x.reason);
@@ -510,6 +683,35 @@ int main(void)
 		return cni_error(CODE_NOT_AVAILABLE, msg,
 				 "nodemesh-cni cannot add pods until the nodemesh node agent on this "
 				 "node serves its CNI socket; check the nodemesh DaemonSet pod");
+	if (o == UNREACHABLE) {
+		/* Nobody can tell whether the pod is enrolled: let it start only if the agent said in
+		 * advance that its namespace is outside the mesh. */
+		char ns[256], why[512];
+		const char *list = getenv("NODEMESH_CNI_FALLBACK_FILE");
+		if (!list)
+			list = DEFAULT_FALLBACK;
+		int pass = 0;
+		if (!pod_namespace(ns, sizeof(ns))) {
+			snprintf(why, sizeof(why), "not a Kubernetes pod (no K8S_POD_NAMESPACE)");
+			pass = 1;
+		} else if (!*list) {
+			snprintf(why, sizeof(why), "the fallback list is turned off");
+		} else {
+			pass = fallback_lists(list, ns, why, sizeof(why));
+			if (pass)
+				snprintf(why, sizeof(why), "namespace %s is on the fallback list %s", ns,
+					 list);
+		}
+		if (pass && print_prev_result(&config) == 0) {
+			fprintf(stderr, "nodemesh-cni: %s; %s: the pod starts without the mesh\n", msg,
+				why);
+			return 0;
+		}
+		if (pass)
+			snprintf(why, sizeof(why), "the configuration has no prevResult object to return");
+		size_t l = strlen(msg);
+		snprintf(msg + l, sizeof(msg) - l, "; %s", why);
+	}
 	size_t l = strlen(msg);
 	snprintf(msg + l, sizeof(msg) - l, "; the kubelet will retry");
 	return cni_error(o == BROKEN ? CODE_AGENT_PROTOCOL : CODE_TRY_AGAIN_LATER, msg,

@@ -13,6 +13,7 @@ from pathlib import Path
 from meshapi.errors import IdentityError
 from meshapi.ids import SpiffeId
 from node_agent import config as c
+from node_agent.cni import fallback
 from node_agent.errors import ConfigError
 
 
@@ -65,6 +66,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     kadd("--cni-conf-dir", c.ENV_CNI_CONF_DIR,
          "add the plugin to the primary CNI config list here")
     kadd("--cni-plugin", c.ENV_CNI_PLUGIN, "the CNI plugin binary to install")
+    kadd("--cni-fallback-file", c.ENV_CNI_FALLBACK_FILE,
+         "keep here the namespaces whose new pods the CNI plugin lets start while this agent "
+         "is unreachable (default: cni-fallback next to --cni-socket; the plugin reads "
+         f"{fallback.DEFAULT_PATH}); '' turns it off: then no new pod starts on the node "
+         "while the agent is down")
     kadd("--proc-root", c.ENV_PROC_ROOT, "the host's /proc", "/proc")
     kadd("--pod-name", c.ENV_POD_NAME, "this agent's pod (downward API)")
     kadd("--pod-namespace", c.ENV_POD_NAMESPACE, "this agent's namespace (downward API)")
@@ -131,6 +137,14 @@ def _kube(ns: argparse.Namespace) -> c.KubeConfig:
         raise ConfigError(f"--cni-plugin {ns.cni_plugin}: not an executable file")
     if bool(ns.pod_name) != bool(ns.pod_namespace):
         raise ConfigError("--pod-name and --pod-namespace go together")
+    fallback_file: Path | None = Path(ns.cni_socket).parent / fallback.FILE_NAME
+    if ns.cni_fallback_file is not None:
+        fallback_file = Path(ns.cni_fallback_file) if ns.cni_fallback_file else None
+    if fallback_file is not None and not fallback_file.is_absolute():
+        raise ConfigError(
+            f"--cni-fallback-file {ns.cni_fallback_file}: not an absolute path (the plugin, "
+            "run by the container runtime, reads it from the host)"
+        )
     return c.KubeConfig(
         kubeconfig=Path(ns.kubeconfig) if ns.kubeconfig else None,
         trust_domain=ns.trust_domain,
@@ -141,6 +155,7 @@ def _kube(ns: argparse.Namespace) -> c.KubeConfig:
         proc_root=Path(ns.proc_root),
         pod_name=ns.pod_name or None,
         pod_namespace=ns.pod_namespace or None,
+        cni_fallback_file=fallback_file,
     )
 
 

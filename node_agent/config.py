@@ -27,6 +27,7 @@ ENV_CNI_SOCKET: Final = "NODEMESH_CNI_SOCKET"
 ENV_CNI_BIN_DIR: Final = "NODEMESH_CNI_BIN_DIR"
 ENV_CNI_CONF_DIR: Final = "NODEMESH_CNI_CONF_DIR"
 ENV_CNI_PLUGIN: Final = "NODEMESH_CNI_PLUGIN"
+ENV_CNI_FALLBACK_FILE: Final = "NODEMESH_CNI_FALLBACK_FILE"
 ENV_PROC_ROOT: Final = "NODEMESH_PROC_ROOT"
 #: set by the DaemonSet from the downward API: the agent's own pod (to detect an uninstall)
 ENV_POD_NAME: Final = "POD_NAME"
@@ -83,3 +84,6 @@ class KubeConfig:
     #: this agent's own pod, to tell an uninstall (DaemonSet deleted) from a restart
     pod_name: str | None
     pod_namespace: str | None
+    #: the namespaces whose new pods the plugin lets start while this agent is unreachable
+    #: (node_agent.cni.fallback); None: turned off (every ADD fails while the agent is down)
+    cni_fallback_file: Path | None = None

@@ -20,11 +20,13 @@ import ipaddress
 import logging
 import time
 from collections.abc import Coroutine, Mapping
+from pathlib import Path
 from typing import Any, cast
 
 from meshapi.kubeobjects import PodRaw
 from meshapi.kubewatch import ObjectKey, Reflector
 from node_agent import podnetns
+from node_agent.cni import fallback
 from node_agent.cni.errors import CniCode, CniFailure
 from node_agent.cni.install import CniInstaller
 from node_agent.cni.protocol import AddRequest, CheckRequest, DelRequest
@@ -59,6 +61,10 @@ class KubeNode:
         self._watches: list[Watch] = []
         self._annotate = asyncio.Event()
         self._scan = asyncio.Event()
+        self._fallback = asyncio.Event()
+        #: what the fallback file holds now (None: not written yet) and the last error writing it
+        self.fallback_written: list[str] | None = None
+        self.fallback_error: str | None = None
         self.annotation_errors = 0
         self.last_scan: float | None = None
         self.installer: CniInstaller | None = None
@@ -98,11 +104,13 @@ class KubeNode:
         self.pods.set_pods(store)
         self._scan.set()
         self._annotate.set()
+        self._fallback.set()
 
     def _on_namespaces(self, store: Mapping[ObjectKey, object]) -> None:
         self.pods.set_namespaces(store)
         self._scan.set()
         self._annotate.set()
+        self._fallback.set()
 
     async def stop_watches(self) -> None:
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self._watches))
@@ -131,6 +139,40 @@ class KubeNode:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(SCAN_SECONDS):
                     await self._scan.wait()
+
+    # ---- the CNI plugin's fallback list ----------------------------------------------------
+
+    async def fallback_loop(self) -> None:
+        """Keep the fallback file (node_agent.cni.fallback) equal to what the watches say, so
+        that a pod outside the mesh can start while this agent is down."""
+        path = self.config.cni_fallback_file
+        if path is None:
+            # turned off: a list an earlier agent left where it writes by default must not
+            # keep letting pods through
+            stale = self.config.cni_socket.parent / fallback.FILE_NAME
+            await asyncio.to_thread(fallback.remove, stale)
+            return
+        while True:
+            await self._fallback.wait()
+            self._fallback.clear()
+            names = self.pods.fallback_namespaces()
+            if names is None or names == self.fallback_written:
+                continue
+            try:
+                await asyncio.to_thread(self._write_fallback, path, names)
+            except (OSError, ValueError) as exc:
+                self.fallback_error = f"{path}: {exc}"
+                log.warning("cannot write the CNI fallback list %s", self.fallback_error)
+                await asyncio.sleep(1.0)
+                self._fallback.set()
+                continue
+            if self.fallback_error is not None or self.fallback_written is None:
+                log.info("CNI fallback list %s: %d namespaces", path, len(names))
+            self.fallback_written, self.fallback_error = names, None
+
+    def _write_fallback(self, path: Path, names: list[str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fallback.write(path, fallback.render(self.node, names))
 
     # ---- annotations ---------------------------------------------------------------------
 
@@ -231,6 +273,7 @@ class KubeNode:
         tasks: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("kube-netns-scan", self.scan_loop()),
             ("kube-annotate", self.annotate_loop()),
+            ("cni-fallback", self.fallback_loop()),
             ("cni-server", server.serve(stop)),
         ]
         if self.installer is not None:
@@ -247,6 +290,8 @@ class KubeNode:
 
     async def uninstall(self) -> None:
         """Remove the CNI plugin and its config entry (the DaemonSet is being deleted)."""
+        if self.config.cni_fallback_file is not None:
+            await asyncio.to_thread(fallback.remove, self.config.cni_fallback_file)
         if self.installer is None:
             return
         report = await asyncio.to_thread(self.installer.uninstall)
@@ -293,6 +338,13 @@ class KubeNode:
             "problems": dict(self.pods.problems),
             "annotationErrors": self.annotation_errors,
             "cniInstalled": None if self.installer is None else self.installer.installed.is_set(),
+            "cniFallback": {
+                "file": None if self.config.cni_fallback_file is None
+                else str(self.config.cni_fallback_file),
+                "namespaces": None if self.fallback_written is None
+                else len(self.fallback_written),
+                "error": self.fallback_error,
+            },
         }
 
 

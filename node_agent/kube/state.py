@@ -28,11 +28,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import cast
 
+from meshapi.constants import ENROLLMENT_ENABLED, ENROLLMENT_LABEL
 from meshapi.enrollment import is_enrolled
 from meshapi.errors import IdentityError
 from meshapi.ids import NodeName, PodUid, SpiffeId, is_dns_label, is_dns_subdomain
 from meshapi.kubeobjects import NamespaceRaw, PodRaw
 from meshapi.model import Workload
+from node_agent.cni import fallback
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,7 @@ class NodePods:
         self._on_change = on_change
         self._pods: dict[tuple[str, str], PodRaw] = {}
         self._namespaces: dict[str, dict[str, str]] = {}
+        self._unreadable_namespaces: set[str] = set()
         self._cni: dict[str, CniPod] = {}
         self._scanned: dict[str, str] = {}
         self._seen: set[str] = set()
@@ -174,13 +177,16 @@ class NodePods:
 
     def set_namespaces(self, namespaces: Mapping[tuple[str, str], object]) -> None:
         labels: dict[str, dict[str, str]] = {}
+        unreadable: set[str] = set()
         for (_, name), raw in namespaces.items():
             try:
                 labels[name] = namespace_labels(cast(NamespaceRaw, raw))
             except PodProblem as exc:
                 log.warning("namespace %s: %s", name, exc)
                 labels[name] = {}
+                unreadable.add(name)
         self._namespaces = labels
+        self._unreadable_namespaces = unreadable
         self.namespaces_synced = True
         self._recompute()
 
@@ -233,6 +239,25 @@ class NodePods:
 
     def namespace_labels(self, namespace: str) -> dict[str, str] | None:
         return self._namespaces.get(namespace)
+
+    def fallback_namespaces(self) -> list[str] | None:
+        """The namespaces whose new pods may start while the agent is down
+        (:func:`node_agent.cni.fallback.passthrough_namespaces`); None until both watches have
+        synced (an incomplete view must not let an enrolled namespace through)."""
+        if not (self.pods_synced and self.namespaces_synced):
+            return None
+        pods: list[tuple[str, Mapping[str, str]]] = []
+        for (namespace, _), pod in self._pods.items():
+            try:
+                pods.append((namespace, pod_labels(pod)))
+            except PodProblem:
+                # labels we cannot read might opt the pod in: keep its namespace off the list
+                pods.append((namespace, {ENROLLMENT_LABEL: ENROLLMENT_ENABLED}))
+        known = {
+            name: labels for name, labels in self._namespaces.items()
+            if name not in self._unreadable_namespaces
+        }
+        return fallback.passthrough_namespaces(known, pods)
 
     @property
     def workloads(self) -> Mapping[str, Workload]:

@@ -13,7 +13,9 @@ the local cluster's controller reads, plus the objects a DaemonSet install would
   passes straight through;
 * the plugin is chained into the node's CNI config, and an uninstall (SIGTERM once the
   DaemonSet is deleted) takes the redirection out of every pod and removes the plugin and its
-  entry, leaving pods working unmeshed; a plain restart leaves everything in place.
+  entry, leaving pods working unmeshed; a plain restart leaves everything in place, and while
+  the agent is down a pod of a namespace outside the mesh still starts (the agent's fallback
+  list) while an enrolled one waits.
 
 The fixture restores node-1's own agent afterwards, whatever happened.
 """
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from node_agent.cni import fallback
 from tests.e2e.conftest import Cluster, poll
 from tests.fakes.kubenode import (
     ExtraPod,
@@ -47,6 +50,7 @@ NEWCOMER_ID = "spiffe://cluster.local/ns/default/sa/newcomer"
 #: the new pods (node-1's pod network is 10.78.1.0/24; the cluster's own pods use low addresses)
 NEW_IP = "10.78.1.201"
 PLAIN_IP = "10.78.1.202"
+DOWN_IP = "10.78.1.203"
 
 
 @pytest.fixture(scope="session")
@@ -181,15 +185,31 @@ def test_cni_add_of_a_pod_outside_the_mesh_passes_through(
 
 
 def test_restart_keeps_pods_and_uninstall_releases_them(
-    kube_node: KubeNode, cluster: Cluster
+    kube_node: KubeNode, cluster: Cluster, extra_pods: list[ExtraPod]
 ) -> None:
     poll("client redirected by the kubernetes agent",
          lambda: kube_node.pod_state("client") == "redirected", timeout=30)
     poll("our CNI entry", lambda: kube_node.status().get("kubernetes", {}).get("cniInstalled"))
+    poll("the CNI fallback list", lambda: kube_node.fallback_file.exists())
+    listed = fallback.parse(kube_node.fallback_file.read_bytes())
+    assert {"legacy", "nodemesh-system", "kube-system"} <= set(listed) and "default" not in listed
     # a restart (the DaemonSet still exists): nothing is removed
     kube_node.stop()
     assert cluster.redirection("client")
     assert "nodemesh-cni" in (kube_node.conf_dir / "10-podnet.conflist").read_text()
+    # while the agent is down, a pod outside the mesh starts (its namespace is on the agent's
+    # fallback list); an enrolled one waits for the agent (the kubelet retries)
+    plain = new_pod(extra_pods, "d", DOWN_IP)
+    res = kube_node.cni("ADD", plain.netns, "legacy", "latecomer", str(uuid.uuid4()), DOWN_IP,
+                        "sandbox-d")
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert json.loads(res.stdout)["ips"][0]["address"] == f"{DOWN_IP}/24"
+    assert "namespace legacy is on the fallback list" in res.stderr
+    res = kube_node.cni("ADD", plain.netns, "default", "waiter", str(uuid.uuid4()), DOWN_IP,
+                        "sandbox-e")
+    assert res.returncode == 1
+    err = json.loads(res.stdout)
+    assert err["code"] == 11 and "namespace default is not on the fallback list" in err["msg"]
     kube_node.start()
     poll("client redirected after the restart",
          lambda: kube_node.pod_state("client") == "redirected", timeout=30)
@@ -203,6 +223,7 @@ def test_restart_keeps_pods_and_uninstall_releases_them(
     conf = json.loads((kube_node.conf_dir / "10-podnet.conflist").read_text())
     assert [p["type"] for p in conf["plugins"]] == ["bridge"]
     assert not (kube_node.bin_dir / "nodemesh-cni").exists()
+    assert not kube_node.fallback_file.exists()
     # pods keep working, unmeshed: client reaches server-2 (same node, itself unmeshed now)
     reply = cluster.curl("client", f"http://{cluster.ip('server-2')}:8080/")
     assert json.loads(reply.stdout)["pod"] == "server-2"

@@ -76,6 +76,10 @@ class KubeNode:
         return self.tmp / "bin"
 
     @property
+    def fallback_file(self) -> Path:
+        return self.tmp / "cni-fallback"
+
+    @property
     def status_file(self) -> Path:
         return self.tmp / "status.json"
 
@@ -121,6 +125,8 @@ class KubeNode:
                          f"K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID={uid}"),
             "CNI_PATH": str(self.bin_dir),
             "NODEMESH_CNI_SOCKET": str(self.socket),
+            # what the agent writes next to its socket by default
+            "NODEMESH_CNI_FALLBACK_FILE": str(self.fallback_file),
         }
         if command == "DEL":
             del conf["prevResult"]

@@ -139,6 +139,20 @@ def test_cni_del_drops_the_sandbox() -> None:
     assert "u1" not in pods.workloads
 
 
+def test_fallback_namespaces() -> None:
+    pods = NodePods(NODE, "cluster.local", lambda: None)
+    assert pods.fallback_namespaces() is None  # nothing known yet: nothing let through
+    pods.set_namespaces(store(ns("apps", ENROLLED), ns("web", {}), ns("mixed", {}),
+                              ns("broken", {"bad label": 1})))
+    assert pods.fallback_namespaces() is None  # pods not synced yet
+    pods.set_pods(store(pod("a", "u1"), pod("m", "u2", ns="mixed", labels=ENROLLED),
+                        pod("w", "u3", ns="web")))
+    # enrolled, opted into by a pod of this node, or unreadable: off the list
+    assert pods.fallback_namespaces() == ["web"]
+    pods.set_pods(store(pod("a", "u1"), pod("w", "u3", ns="web", labels={"bad": 2})))
+    assert pods.fallback_namespaces() == ["mixed"]  # a pod whose labels cannot be read
+
+
 def test_invalid_pod_reported_not_raised() -> None:
     pods = NodePods(NODE, "cluster.local", lambda: None)
     pods.set_namespaces(store(ns("apps", ENROLLED)))

@@ -31,7 +31,12 @@ def sock_path(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def plugin(plugin_binary: str, sock_path: str) -> Plugin:
+def fallback_path(tmp_path: Path) -> Path:
+    return tmp_path / "cni-fallback"
+
+
+@pytest.fixture
+def plugin(plugin_binary: str, sock_path: str, fallback_path: Path) -> Plugin:
     async def run(
         command: str,
         stdin: bytes | dict[str, Any],
@@ -41,6 +46,7 @@ def plugin(plugin_binary: str, sock_path: str) -> Plugin:
     ) -> tuple[int, bytes, bytes]:
         env = cni_env(command, **env_override)
         env["NODEMESH_CNI_SOCKET"] = socket_path or sock_path
+        env.setdefault("NODEMESH_CNI_FALLBACK_FILE", str(fallback_path))
         data = stdin if isinstance(stdin, bytes) else json.dumps(stdin).encode()
         proc = await asyncio.create_subprocess_exec(
             plugin_binary,
@@ -151,13 +157,16 @@ async def test_plugin_returns_only_after_backend(
     assert code == 0 and json.loads(out)["ips"] == PREV_RESULT["ips"]
 
 
-async def test_agent_down(plugin: Plugin, sock_path: str) -> None:
+async def test_agent_down(plugin: Plugin, sock_path: str, fallback_path: Path) -> None:
     code, out, err = await plugin("ADD", config("1.0.0"))
     msg = f"nodemesh node agent not reachable at {sock_path}: No such file or directory"
     assert code == 1
     e = cni_error(out)
     assert (e["cniVersion"], e["code"]) == ("1.0.0", CniCode.TRY_AGAIN_LATER)
-    assert e["msg"] == msg + "; the kubelet will retry"
+    assert e["msg"] == (
+        f"{msg}; no fallback list at {fallback_path} (No such file or directory); "
+        "the kubelet will retry"
+    )
     assert "nodemesh DaemonSet pod" in e["details"]
     assert msg.encode() in err
     # a pod must always be deletable; CHECK does not report a transient outage as permanent
@@ -167,7 +176,9 @@ async def test_agent_down(plugin: Plugin, sock_path: str) -> None:
     assert code == 1 and cni_error(out)["code"] == CniCode.NOT_AVAILABLE
 
 
-async def test_agent_down_stale_socket(plugin: Plugin, sock_path: str) -> None:
+async def test_agent_down_stale_socket(
+    plugin: Plugin, sock_path: str, fallback_path: Path
+) -> None:
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(sock_path)
     stale.close()
@@ -175,6 +186,7 @@ async def test_agent_down_stale_socket(plugin: Plugin, sock_path: str) -> None:
     assert code == 1
     assert cni_error(out)["msg"] == (
         f"nodemesh node agent not reachable at {sock_path}: Connection refused; "
+        f"no fallback list at {fallback_path} (No such file or directory); "
         "the kubelet will retry"
     )
 
