@@ -68,8 +68,13 @@ def choose_redirector(config: Config) -> tuple[Redirector, str]:
         except AgentError as exc:
             why = f"the eBPF programs did not load: {exc}"
         else:
+            from node_agent.redirect.modeswitch import DropIptablesLeftovers
+
             hop = ", in-pod hop on sockmap" if config.ebpf_sockmap else ""
-            return redirector, f"{requested}: eBPF programs loaded and attached to {cgroup}{hop}"
+            return (
+                DropIptablesLeftovers(redirector),
+                f"{requested}: eBPF programs loaded and attached to {cgroup}{hop}",
+            )
     if requested == "ebpf":
         raise RedirectError(f"--redirect-mode ebpf: {why}")
     return _iptables(config), f"auto: eBPF not usable, using iptables: {why}"

@@ -224,6 +224,17 @@ def remove_current() -> bool:
             table.close()
 
 
+def remove_current_if_loaded() -> bool:
+    """:func:`remove_current`, but only if this netns has a legacy ``nat`` table at all: opening
+    one would create it (a pod redirected with eBPF then grows an empty iptables table)."""
+    try:
+        with open("/proc/thread-self/net/ip_tables_names") as f:
+            loaded = f.read().split()
+    except FileNotFoundError:  # no ip_tables in this kernel: no rules of ours either
+        return False
+    return TABLE in loaded and remove_current()
+
+
 def _wrap(netns_path: str, what: str, exc: Exception) -> RedirectError:
     if isinstance(exc, RedirectError):
         return exc
@@ -253,6 +264,12 @@ def read(netns_path: str) -> Plan:
 def remove(netns_path: str) -> bool:
     """Blocking: delete our rules in ``netns_path``."""
     return _in_netns(netns_path, "removing rules", remove_current)
+
+
+def remove_leftovers(netns_path: str) -> bool:
+    """Blocking: delete rules an iptables-mode agent left in ``netns_path`` (the node has since
+    moved to eBPF); True if there were any. Loads no table that is not there."""
+    return _in_netns(netns_path, "removing iptables leftovers", remove_current_if_loaded)
 
 
 class IptablesRedirector:

@@ -482,3 +482,49 @@ def test_restarts_keep_or_drop_the_acceleration(
         zt.close()
     finally:
         out_l.close()
+
+
+# -- a node moving from iptables to eBPF ------------------------------------------------------------
+
+
+def test_switch_from_iptables_removes_the_old_rules(
+    node: str, tmp_path: Path, pod_and_peer: tuple[str, str], netns_factory: Callable[[str], str]
+) -> None:
+    import asyncio
+
+    from node_agent.redirect import iptables
+
+    pod, peer = pod_and_peer
+    fresh = netns_factory("fresh")  # a pod created after the switch
+    iptables.apply(path(pod), PLAN)  # what the iptables-mode agent left
+    assert "NODEMESH_OUTPUT" in subprocess.run(
+        ["ip", "netns", "exec", pod, "iptables-legacy-save", "-t", "nat"],
+        capture_output=True, text=True, check=True).stdout
+    config = Config(node=node, controller="x:1", ca_root=tmp_path, token_file=tmp_path,
+                    zds_socket=tmp_path, redirect_mode="ebpf", cgroup=own_cgroup(),
+                    bpf_pin_root=ROOT)
+    red, _ = choose_redirector(config)
+    assert red.mode == "ebpf"
+
+    async def agent_start() -> None:
+        assert await red.read(path(pod)) == EMPTY  # the eBPF state: nothing yet
+        assert await red.apply(path(pod), PLAN, ipaddress.IPv4Address(POD_IP)) is True
+        await red.apply(path(fresh), PLAN, ipaddress.IPv4Address("10.79.9.9"))
+
+    asyncio.run(agent_start())
+    no_rules(pod)
+    # a netns that never had a nat table is not given one by looking
+    tables = subprocess.run(["ip", "netns", "exec", fresh, "cat", "/proc/net/ip_tables_names"],
+                            capture_output=True, text=True).stdout.split()
+    assert "nat" not in tables
+    # and capture works through eBPF alone
+    out_l, app_l = listener(pod, 15001), listener(peer, 8080, False)
+    try:
+        c = connect(pod, (PEER_IP, 8080))
+        conn, _ = out_l.accept()
+        assert original_dst(conn) == (PEER_IP, 8080)
+        conn.close()
+        c.close()
+    finally:
+        out_l.close()
+        app_l.close()
