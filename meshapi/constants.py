@@ -25,6 +25,11 @@ ENROLLMENT_OPT_OUT: Final = "none"
 #: builder into the Pod's annotations. On Kubernetes the node agent finds netns by itself.
 LOCAL_NETNS_ANNOTATION: Final = "local.nodemesh.io/netns"
 
+#: The node agent serves its Prometheus metrics on this Unix socket (it opens no port); the
+#: ztunnel appends them to the node's metrics endpoint (NODE_METRICS_PORT). Next to the ZDS and
+#: CNI sockets, in the directory both DaemonSet containers share.
+DEFAULT_AGENT_METRICS_SOCKET: Final = "/var/run/nodemesh/agent-metrics.sock"
+
 DEFAULT_TRUST_DOMAIN: Final = "cluster.local"
 DEFAULT_ROOT_NAMESPACE: Final = "nodemesh-system"
 DEFAULT_WORKLOAD_CERT_TTL_SECONDS: Final = 24 * 3600

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from node_agent.config import Config
 from node_agent.discovery import DiscoveryClient
 from node_agent.errors import AgentError, RedirectError
+from node_agent.metrics import AgentMetrics, MetricsServer
 from node_agent.reconcile import Agent, WorkloadSource, ZtunnelSession
 from node_agent.redirect import Redirector
 from node_agent.redirect.plan import Settings
@@ -117,6 +118,8 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     mode = redirector.mode
     (log.warning if "not usable" in reason else log.info)("redirect mode %s (%s)", mode, reason)
     settings = Settings(host_probe_ip=config.host_probe_ip)
+    metrics = AgentMetrics()
+    metrics.set_info(config.node, mode, config.source)
     notify: list[Callable[[], None]] = []
     disc: DiscoveryClient | None = None
     kube: KubeNode | None = None
@@ -126,7 +129,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         # imported here: the kubernetes client is only loaded on Kubernetes
         from node_agent.kube.runtime import KubeNode
 
-        kube = KubeNode(config.node, config.kube)
+        kube = KubeNode(config.node, config.kube, metrics)
         source = kube.pods
     else:
         assert config.controller and config.ca_root and config.token_file
@@ -153,7 +156,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 
         probe_source = source_towards
     agent = Agent(config.node, settings, redirector, source, connect, on_status=on_status,
-                  probe_source=probe_source)
+                  probe_source=probe_source, metrics=metrics)
     notify.append(agent.notify)
 
     async def write_status() -> None:
@@ -177,6 +180,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     with contextlib.suppress(_StopGroup):
         try:
             async with asyncio.TaskGroup() as tg:
+                if config.metrics_socket is not None:
+                    server = MetricsServer(str(config.metrics_socket), metrics)
+                    tg.create_task(server.serve(stop), name="metrics")
                 if kube is not None:
                     kube.agent = agent
                     kube.start_watches(asyncio.get_running_loop())

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from meshapi.constants import DEFAULT_AGENT_METRICS_SOCKET
 from meshapi.errors import IdentityError
 from meshapi.ids import SpiffeId
 from node_agent import config as c
@@ -49,6 +50,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "source IP of the kubelet's health probes, exempt from inbound capture; auto: the "
         "node's source address on its route to the pods")
     add("--status-file", c.ENV_STATUS_FILE, "write per-pod redirection state here as JSON")
+    add("--metrics-socket", c.ENV_METRICS_SOCKET,
+        "serve Prometheus GET /metrics on this Unix socket (the ztunnel appends them to the "
+        "node's metrics endpoint); '' turns it off", DEFAULT_AGENT_METRICS_SOCKET)
     add("--log-level", c.ENV_LOG_LEVEL, "DEBUG, INFO, WARNING, ERROR", "INFO")
     add("--source", c.ENV_SOURCE,
         "where this node's pods come from: controller (local mode) | kubernetes", "controller")
@@ -115,6 +119,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> c.Config:
         host_probe_ip=probe,
         host_probe_auto=auto_probe,
         status_file=Path(ns.status_file) if ns.status_file else None,
+        metrics_socket=Path(ns.metrics_socket) if ns.metrics_socket else None,
         log_level=level,
         cgroup=Path(ns.cgroup) if ns.cgroup else None,
         bpf_dir=Path(ns.bpf_dir) if ns.bpf_dir else None,

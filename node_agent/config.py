@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from meshapi.constants import DEFAULT_AGENT_METRICS_SOCKET
+
 ENV_NODE: Final = "NODEMESH_NODE"
 ENV_CONTROLLER: Final = "NODEMESH_CONTROLLER"
 ENV_CA_ROOT: Final = "NODEMESH_CA_ROOT"
@@ -15,6 +17,8 @@ ENV_ZDS_SOCKET: Final = "NODEMESH_ZDS_SOCKET"
 ENV_REDIRECT_MODE: Final = "NODEMESH_REDIRECT_MODE"
 ENV_HOST_PROBE_IP: Final = "NODEMESH_HOST_PROBE_IP"
 ENV_STATUS_FILE: Final = "NODEMESH_AGENT_STATUS_FILE"
+#: the same variable sets the ztunnel's --agent-metrics-socket (ztunnel/config.py)
+ENV_METRICS_SOCKET: Final = "NODEMESH_AGENT_METRICS_SOCKET"
 ENV_LOG_LEVEL: Final = "NODEMESH_LOG_LEVEL"
 ENV_CGROUP: Final = "NODEMESH_CGROUP"
 ENV_BPF_DIR: Final = "NODEMESH_BPF_DIR"
@@ -51,6 +55,8 @@ class Config:
     #: ``--host-probe-ip auto``: the node's source address towards its pods (node_agent.hostroute)
     host_probe_auto: bool = False
     status_file: Path | None = None
+    #: serve ``GET /metrics`` on this Unix socket (None: not at all)
+    metrics_socket: Path | None = Path(DEFAULT_AGENT_METRICS_SOCKET)
     log_level: str = "INFO"
     #: eBPF mode: the cgroup v2 directory holding this node's pods and ztunnel (None: the root)
     cgroup: Path | None = None

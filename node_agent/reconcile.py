@@ -32,6 +32,7 @@ from typing import Protocol
 from meshapi.backoff import Backoff
 from meshapi.model import Workload
 from node_agent.errors import AgentError, NetnsError, ZdsError
+from node_agent.metrics import REDIRECT_OPERATIONS, AgentMetrics
 from node_agent.redirect import Redirector
 from node_agent.redirect.plan import EMPTY, Plan, Settings, plan_for_pod
 from node_agent.zds import ZdsRejected
@@ -197,8 +198,13 @@ class Agent:
         on_status: Callable[[], None] = lambda: None,
         backoff: Backoff | None = None,
         probe_source: ProbeSource | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.node = node
+        self.metrics = metrics or AgentMetrics()
+        self.metrics.watch_pod_states(lambda: [p.status for p in self.pods.values()])
+        for operation in REDIRECT_OPERATIONS:
+            self.metrics.redirection_errors.labels(redirector.mode, operation)
         self.settings = settings
         #: ``--host-probe-ip auto``: finds the probes' source address from a pod's IP
         self._probe_source = probe_source
@@ -267,6 +273,7 @@ class Agent:
             except NetnsError:
                 pass  # the pod is gone
             except AgentError as exc:
+                self._redirection_error("remove")
                 log.error("uninstall: cannot remove the redirection of pod %s: %s", uid, exc)
                 continue
             self.rules.pop(uid, None)
@@ -305,6 +312,7 @@ class Agent:
                 session_cm = await self._connect(self._wake.set)
                 async with session_cm as session:
                     self.ztunnel_connected, self.ztunnel_error = True, None
+                    self.metrics.zds_connected.set(1)
                     self._backoff.reset()
                     await self.sync(session, snapshot=True)
                     while not session.closed.is_set():
@@ -319,6 +327,8 @@ class Agent:
                     raise ZdsError("the ztunnel connection closed")
             except ZdsError as exc:
                 self.ztunnel_connected, self.ztunnel_error = False, str(exc)
+                self.metrics.zds_connected.set(0)
+                self.metrics.zds_disconnects.inc()
                 for p in self.pods.values():
                     p.in_ztunnel = False
                 self._status_changed()
@@ -378,6 +388,7 @@ class Agent:
                     try:
                         await self.redirector.apply(w.netns, plan, w.ip)
                     except AgentError as exc:
+                        self._redirection_error("apply")
                         self.rules.pop(w.key, None)
                         failed.add(w.key)
                         self._fail(w, str(exc))
@@ -389,7 +400,9 @@ class Agent:
                     started.setdefault(w.key, time.monotonic())
                     await self._add(session, w, failed)
                     if w.key not in failed:
-                        self._status(w).enroll_seconds = time.monotonic() - started[w.key]
+                        took = time.monotonic() - started[w.key]
+                        self._status(w).enroll_seconds = took
+                        self.metrics.enroll_duration.observe(took)
                 case Keep(workload=w):
                     await session.keep(w.key)
                     self.added[w.key] = w
@@ -402,6 +415,7 @@ class Agent:
                     except NetnsError:
                         pass  # the netns is gone, and its rules with it
                     except AgentError as exc:
+                        self._redirection_error("remove")
                         log.error("removing rules of pod %s: %s", uid, exc)
                         continue
                     self.rules.pop(uid, None)
@@ -421,6 +435,9 @@ class Agent:
                 else:
                     del self.pods[uid]
         self._status_changed()
+
+    def _redirection_error(self, operation: str) -> None:
+        self.metrics.redirection_errors.labels(self.redirector.mode, operation).inc()
 
     def _ok(self, uid: str, w: Workload) -> bool:
         return uid in self.rules and self.added.get(uid) == w

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections import Counter
+import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -39,6 +39,7 @@ from node_agent.cni.protocol import (
     Envelope,
     StatusRequest,
 )
+from node_agent.metrics import AgentMetrics, cni_command_label
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class CniServer:
         max_connections: int = 64,
         drain_timeout: float = 30.0,
         not_ready: Callable[[], str | None] | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -94,7 +96,8 @@ class CniServer:
         self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
         self._accept_task: asyncio.Task[None] | None = None
         self._conns: set[asyncio.Task[None]] = set()
-        self._counts: Counter[tuple[str, str]] = Counter()
+        self._metrics = metrics or AgentMetrics()
+        self._metrics.init_cni()
         self.ready = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -154,8 +157,9 @@ class CniServer:
     @property
     def counts(self) -> Mapping[tuple[str, str], int]:
         """Requests answered, by (command, outcome): outcome is ``ok``, ``failed`` (the backend
-        refused or broke) or ``invalid`` (the request was; ``command`` may be ``?``)."""
-        return dict(self._counts)
+        refused or broke) or ``invalid`` (the request was; ``command`` is ``unknown`` when it was
+        not one of ADD, DEL, CHECK, STATUS). Read from the metrics registry."""
+        return self._metrics.cni_counts()
 
     # --- socket ------------------------------------------------------------------------------
 
@@ -243,25 +247,31 @@ class CniServer:
         return b"".join(chunks)
 
     async def _respond(self, reader: asyncio.StreamReader) -> bytes:
+        started = time.monotonic()
+        command, result, response = await self._answer(reader)
+        label = cni_command_label(command)
+        self._metrics.cni_requests.labels(label, result).inc()
+        self._metrics.cni_duration.labels(label).observe(time.monotonic() - started)
+        return response
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[str | None, str, bytes]:
+        """(command, result, response frame)."""
         try:
             data = await self._read_request(reader)
             envelope = protocol.parse_request(data)
         except CniRequestError as exc:
-            self._counts[(exc.command or "?", "invalid")] += 1
             if exc.command == Command.DEL.value:
                 log.warning("CNI DEL with an invalid request answered with success: %s", exc.msg)
-                return protocol.response_frame(0, b"")
+                return exc.command, "invalid", protocol.response_frame(0, b"")
             log.warning("invalid CNI request: %s", exc.msg)
-            return self._error(exc.cni_version, exc)
+            return exc.command, "invalid", self._error(exc.cni_version, exc)
         command = envelope.command.value
         try:
             stdout = await self._dispatch(envelope)
         except CniFailure as exc:
-            self._counts[(command, "failed")] += 1
             log.warning("CNI %s failed: %s", _describe(envelope), exc.msg)
-            return self._error(envelope.cni_version, exc)
-        self._counts[(command, "ok")] += 1
-        return protocol.response_frame(0, stdout)
+            return command, "failed", self._error(envelope.cni_version, exc)
+        return command, "ok", protocol.response_frame(0, stdout)
 
     async def _dispatch(self, envelope: Envelope) -> bytes:
         req = envelope.request

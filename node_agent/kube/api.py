@@ -32,6 +32,7 @@ from kubernetes.config.config_exception import ConfigException
 from meshapi.backoff import Backoff
 from meshapi.kubewatch import KubeWatchError, ObjectKey, Reflector, Step, parse_list
 from node_agent.errors import AgentError
+from node_agent.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,11 @@ class Watch:
         loop: asyncio.AbstractEventLoop,
         backoff: Backoff | None = None,
         watch_seconds: int = WATCH_SECONDS,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.name = name
+        # counters are thread-safe: this thread increments, the loop's scrape reads
+        self._metrics = metrics
         self._call = call
         self.reflector = reflector
         self._on_store = on_store
@@ -150,6 +154,8 @@ class Watch:
             cont = page.continue_token
         self.reflector.replace(items, page.resource_version)
         self.relists += 1
+        if self._metrics is not None:
+            self._metrics.watch_relists.labels(self.name).inc()
         self._publish()
 
     def _watch(self) -> None:
@@ -197,6 +203,8 @@ class Watch:
                     return
                 error = str(exc) or type(exc).__name__
             self.errors += 1
+            if self._metrics is not None:
+                self._metrics.watch_errors.labels(self.name).inc()
             delay = self._backoff.next()
             log.warning("watch %s: %s; retrying in %.1fs", self.name, error, delay)
             self._stop.wait(delay)

@@ -41,6 +41,7 @@ from node_agent.kube.state import (
     annotation_changes,
     pod_enrolled,
 )
+from node_agent.metrics import AgentMetrics
 from node_agent.reconcile import Agent
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,12 @@ CNI_ADD_TIMEOUT_SECONDS = 30.0
 
 
 class KubeNode:
-    def __init__(self, node: str, config: KubeConfig) -> None:
+    def __init__(
+        self, node: str, config: KubeConfig, metrics: AgentMetrics | None = None
+    ) -> None:
         self.node = node
         self.config = config
+        self.metrics = metrics or AgentMetrics()
         self.pods = NodePods(node, config.trust_domain, self._pods_changed)
         self.api = NodeApi(api_client(config.kubeconfig), node)
         self.agent: Agent | None = None
@@ -89,12 +93,14 @@ class KubeNode:
     # ---- watches --------------------------------------------------------------------------
 
     def start_watches(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.metrics.init_watches()
         pods = Watch(
-            "pods", self.api.pods_call(), Reflector("Pod", "v1"), self._on_pods, loop
+            "pods", self.api.pods_call(), Reflector("Pod", "v1"), self._on_pods, loop,
+            metrics=self.metrics,
         )
         namespaces = Watch(
             "namespaces", self.api.namespaces_call(), Reflector("Namespace", "v1"),
-            self._on_namespaces, loop,
+            self._on_namespaces, loop, metrics=self.metrics,
         )
         self._watches = [pods, namespaces]
         for w in self._watches:
@@ -197,6 +203,7 @@ class KubeNode:
                     )
                 except AgentError as exc:
                     self.annotation_errors += 1
+                    self.metrics.annotation_errors.inc()
                     log.warning("%s", exc)
                     await asyncio.sleep(1.0)
                     self._annotate.set()
@@ -269,7 +276,9 @@ class KubeNode:
 
     def tasks(self, stop: asyncio.Event) -> list[tuple[str, Coroutine[Any, Any, None]]]:
         """The coroutines to run in the agent's TaskGroup (the watches run on threads)."""
-        server = CniServer(str(self.config.cni_socket), CniBackendImpl(self))
+        server = CniServer(
+            str(self.config.cni_socket), CniBackendImpl(self), metrics=self.metrics
+        )
         tasks: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("kube-netns-scan", self.scan_loop()),
             ("kube-annotate", self.annotate_loop()),

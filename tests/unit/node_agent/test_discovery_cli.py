@@ -79,3 +79,12 @@ def test_cli_rejects(extra: list[str], msg: str) -> None:
 def test_cli_missing_flags() -> None:
     with pytest.raises(ConfigError, match="--node"):
         cli.parse(ARGS[2:], {})
+
+
+def test_metrics_socket_default_flag_env_and_off() -> None:
+    assert cli.parse(ARGS, {}).metrics_socket == Path("/var/run/nodemesh/agent-metrics.sock")
+    assert cli.parse([*ARGS, "--metrics-socket", "/run/m.sock"], {}).metrics_socket == Path(
+        "/run/m.sock")
+    env = {"NODEMESH_AGENT_METRICS_SOCKET": "/env/m.sock"}
+    assert cli.parse(ARGS, env).metrics_socket == Path("/env/m.sock")
+    assert cli.parse([*ARGS, "--metrics-socket", ""], env).metrics_socket is None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import pytest
 
@@ -232,3 +233,103 @@ async def test_probe_source_auto_follows_the_nodes_route_and_replans(tmp_path: o
     answers[a.ip] = ipaddress.IPv4Address("10.78.1.254")
     await ag.sync(session, snapshot=False)
     assert red.netns[netns] == plan_for_pod(a.ip, Settings(host_probe_ip=answers[a.ip]))
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+
+
+def sample(ag: Agent, name: str, **labels: str) -> float | None:
+    return ag.metrics.registry.get_sample_value(name, labels)
+
+
+async def test_metrics_follow_pod_states_and_redirection_errors(tmp_path: object) -> None:
+    import os
+    netns = os.path.join(str(tmp_path), "ns-a")
+    with open(netns, "w"):  # noqa: ASYNC230 - a tiny marker file stands in for a netns
+        pass
+    a = dataclasses.replace(A, netns=netns)
+    b = dataclasses.replace(wl("b", ip="10.78.1.3"), netns="/nonexistent/ns-b")
+    source, red = FakeSource({"a": a, "b": b}), FakeRedirector()
+    red.missing.add("/nonexistent/ns-b")
+    ag = agent(source, red)
+    assert sample(ag, "nodemesh_agent_redirection_errors_total",
+                  mode="iptables", operation="apply") == 0
+    session = FakeSession(set(), [])
+    await ag.sync(session, snapshot=True)
+
+    def pods(state: str) -> float | None:
+        return sample(ag, "nodemesh_agent_pods", state=state)
+
+    assert (pods("redirected"), pods("error"), pods("pending"), pods("removed")) == (1, 1, 0, 0)
+    assert sample(ag, "nodemesh_agent_redirection_errors_total",
+                  mode="iptables", operation="apply") == 1
+    assert sample(ag, "nodemesh_agent_pod_enroll_duration_seconds_count") == 1
+    await ag.sync(session, snapshot=False)  # b is retried, and fails again
+    assert sample(ag, "nodemesh_agent_redirection_errors_total",
+                  mode="iptables", operation="apply") == 2
+    source.workloads["a"] = dataclasses.replace(a, enrolled=False)
+    await ag.sync(session, snapshot=False)
+    assert (pods("redirected"), pods("error"), pods("removed")) == (0, 1, 1)
+    assert sample(ag, "nodemesh_agent_redirection_errors_total",
+                  mode="iptables", operation="remove") == 0
+
+
+async def test_zds_connection_state_and_disconnects() -> None:
+    from meshapi.backoff import Backoff
+    from node_agent.errors import ZdsError
+
+    source, red = FakeSource({}), FakeRedirector()
+    sessions: list[FakeSession] = []
+    attempts = 0
+    reconnect, held, changed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    class Cm:
+        def __init__(self, session: FakeSession) -> None:
+            self.session = session
+
+        async def __aenter__(self) -> FakeSession:
+            return self.session
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+    async def connect(on_close: object) -> Cm:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise ZdsError("cannot connect to the ztunnel: refused")
+        if attempts == 3:
+            held.set()
+            await reconnect.wait()
+        sessions.append(FakeSession(set(), []))
+        return Cm(sessions[-1])
+
+    async def until(cond: Callable[[], bool]) -> None:
+        async with asyncio.timeout(5):
+            while not cond():
+                changed.clear()
+                await changed.wait()
+
+    ag = Agent("node-1", SETTINGS, red, source, connect, on_status=changed.set,
+               backoff=Backoff(base=0.001, cap=0.001))
+    assert sample(ag, "nodemesh_agent_zds_connected") == 0
+    task = asyncio.create_task(ag.run())
+    try:
+        await until(lambda: ag.ztunnel_connected)
+        assert sample(ag, "nodemesh_agent_zds_connected") == 1
+        assert sample(ag, "nodemesh_agent_zds_disconnects_total") == 1  # the refused attempt
+        # the ztunnel goes away: the agent notices, counts it and reconnects
+        sessions[0].closed.set()
+        ag.notify()
+        async with asyncio.timeout(5):
+            await held.wait()  # reconnecting, held
+        assert sample(ag, "nodemesh_agent_zds_connected") == 0
+        reconnect.set()
+        await until(lambda: len(sessions) == 2 and ag.ztunnel_connected)
+        assert sample(ag, "nodemesh_agent_zds_disconnects_total") == 2
+        assert sample(ag, "nodemesh_agent_zds_connected") == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert sessions[1].log == [("snapshot_complete", "")]

@@ -16,6 +16,7 @@ import pytest
 from node_agent.cni.errors import CniCode, CniFailure, CniServerError
 from node_agent.cni.protocol import AddRequest, DelRequest
 from node_agent.cni.server import CniServer
+from node_agent.metrics import AgentMetrics
 
 from .helpers import PREV_RESULT, FakeBackend, cni_env, config, frame
 
@@ -136,7 +137,7 @@ async def test_malformed_request(server: CniServer, backend: FakeBackend) -> Non
     code, body = await call(server.path, frame(cni_env(), b"{garbage"))
     assert code == 1 and error_of(body)["code"] == CniCode.DECODING_FAILURE
     assert backend.calls == []
-    assert server.counts == {("?", "invalid"): 1, ("ADD", "invalid"): 1}
+    assert server.counts == {("unknown", "invalid"): 1, ("ADD", "invalid"): 1}
 
 
 async def test_invalid_del_succeeds(server: CniServer, backend: FakeBackend) -> None:
@@ -288,3 +289,76 @@ async def test_status_not_ready(sock_path: str, backend: FakeBackend) -> None:
         }
         reason[0] = None
         assert await call(sock_path, status) == (0, b"")
+
+
+# ---- metrics, read through the agent's registry as the ztunnel scrapes it -----------------------
+
+
+def sample(metrics: AgentMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+async def test_requests_counted_and_timed_in_the_registry(
+    sock_path: str, backend: FakeBackend
+) -> None:
+    metrics = AgentMetrics()
+    async with CniServer(sock_path, backend, read_timeout=0.5, metrics=metrics) as srv:
+        # every command's series exists before the first request (rates work from the start)
+        for command in ("ADD", "DEL", "CHECK", "STATUS"):
+            for result in ("ok", "failed", "invalid"):
+                assert sample(metrics, "nodemesh_agent_cni_requests_total",
+                              command=command, result=result) == 0
+            assert sample(metrics, "nodemesh_agent_cni_request_duration_seconds_count",
+                          command=command) == 0
+        # an ADD held 300 ms in the backend is timed from accept to answer
+        backend.gate = asyncio.Event()
+        add = asyncio.create_task(call(sock_path, frame(cni_env("ADD"), config())))
+        await backend.entered.wait()
+        await asyncio.sleep(0.3)
+        backend.gate.set()
+        assert (await add)[0] == 0
+        backend.gate = None
+        backend.fail = CniFailure("ztunnel down", "check it", CniCode.REDIRECTION_FAILED)
+        assert (await call(sock_path, frame(cni_env("ADD"), config())))[0] == 1
+        backend.fail = None
+        assert (await call(sock_path, frame(cni_env("DEL"), b"garbage")))[0] == 0
+        assert (await call(sock_path, frame(cni_env("FOO"), config())))[0] == 1
+        assert (await call(sock_path, b"GET /metrics HTTP/1.1\r\n\r\n"))[0] == 1
+
+    def requests(command: str, result: str) -> float | None:
+        return sample(metrics, "nodemesh_agent_cni_requests_total",
+                      command=command, result=result)
+
+    assert requests("ADD", "ok") == 1 and requests("ADD", "failed") == 1
+    assert requests("DEL", "invalid") == 1 and requests("DEL", "ok") == 0
+    # a command the plugin never sends is not a label value of its own: labels stay bounded
+    assert requests("unknown", "invalid") == 2 and requests("FOO", "invalid") is None
+    # CniServer.counts is a view of the same counter
+    assert srv.counts == {
+        ("ADD", "ok"): 1, ("ADD", "failed"): 1, ("DEL", "invalid"): 1, ("unknown", "invalid"): 2,
+    }
+
+    def duration(command: str, suffix: str, **extra: str) -> float | None:
+        return sample(metrics, f"nodemesh_agent_cni_request_duration_seconds_{suffix}",
+                      command=command, **extra)
+
+    assert duration("ADD", "count") == 2
+    assert (duration("ADD", "sum") or 0) >= 0.3
+    # the held ADD is above 250 ms, the failed one (answered at once) below it
+    assert duration("ADD", "bucket", le="0.25") == 1
+    assert duration("ADD", "bucket", le="0.5") == 2
+    assert duration("ADD", "bucket", le="+Inf") == 2
+    assert duration("unknown", "count") == 2 and duration("DEL", "count") == 1
+    assert duration("STATUS", "count") == 0
+
+
+async def test_backend_timeout_is_counted_failed(sock_path: str, backend: FakeBackend) -> None:
+    backend.gate = asyncio.Event()  # never set
+    metrics = AgentMetrics()
+    async with CniServer(sock_path, backend, backend_timeout=0.2, metrics=metrics) as srv:
+        assert (await call(sock_path, frame(cni_env(), config())))[0] == 1
+        assert srv.counts == {("ADD", "failed"): 1}
+    assert sample(metrics, "nodemesh_agent_cni_request_duration_seconds_bucket",
+                  command="ADD", le="0.1") == 0
+    assert sample(metrics, "nodemesh_agent_cni_request_duration_seconds_bucket",
+                  command="ADD", le="1.0") == 1
