@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ztunnel.agentmetrics import AgentScrape, scrape_budget
 from ztunnel.connlog import ConnLog, rfc3339
 from ztunnel.metrics import Metrics
 from ztunnel.pods import PodManager
@@ -83,9 +84,19 @@ def admin_app(
     return app
 
 
-def metrics_app(metrics: Metrics) -> web.Application:
-    async def handle(_: web.Request) -> web.Response:
-        body = generate_latest(metrics.registry)
+SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+
+
+def metrics_app(metrics: Metrics, agent: AgentScrape | None = None) -> web.Application:
+    """``/metrics``: the ztunnel's registry, then (with ``agent``) the node agent's metrics,
+    read on each scrape (ztunnel.agentmetrics): one endpoint for the whole node."""
+
+    async def handle(request: web.Request) -> web.Response:
+        extra = b""
+        if agent is not None:
+            # first: it sets nodemesh_agent_scrape_up, which the ztunnel's own part reports
+            extra = await agent.scrape(scrape_budget(request.headers.get(SCRAPE_TIMEOUT_HEADER)))
+        body = generate_latest(metrics.registry) + extra
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()

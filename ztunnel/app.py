@@ -2,7 +2,8 @@
 it in one :class:`asyncio.TaskGroup` on uvloop.
 
 Tasks: the discovery client, the certificate store's renewals, the ZDS server, and the admin,
-metrics and readiness endpoints. Readiness: discovery has synced once and the ZDS server listens.
+metrics (with the node agent's, read from its socket on each scrape) and readiness endpoints.
+Readiness: discovery has synced once and the ZDS server listens.
 
 Drain on SIGTERM/SIGINT: stop the ZDS server (no more pods), close every pod's listeners and
 give its connections ``drain_seconds`` to finish, then abort what is left and exit 0.
@@ -21,6 +22,7 @@ import sys
 import uvloop
 
 from ztunnel import admin
+from ztunnel.agentmetrics import AgentScrape
 from ztunnel.certs import CertificateStore, ControllerCertFetcher
 from ztunnel.config import Config
 from ztunnel.connlog import ConnLog
@@ -111,8 +113,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             tg.create_task(zds_server.run(), name="zds")
             tg.create_task(admin.serve(admin.admin_app(config.node, view, pods, certs, connlog),
                                        *config.admin), name="admin")
-            tg.create_task(admin.serve(admin.metrics_app(metrics), *config.metrics),
-                           name="metrics")
+            agent_metrics = None
+            if config.agent_metrics_socket is not None:
+                agent_metrics = AgentScrape(config.agent_metrics_socket, metrics,
+                                            timeout=config.agent_metrics_timeout)
+            tg.create_task(admin.serve(admin.metrics_app(metrics, agent_metrics),
+                                       *config.metrics), name="metrics")
             tg.create_task(admin.serve(admin.readiness_app(ready), *config.readiness),
                            name="readiness")
             tg.create_task(wait_stop(), name="stop")

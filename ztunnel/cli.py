@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from meshapi.constants import DEFAULT_AGENT_METRICS_SOCKET
 from ztunnel import config as c
 from ztunnel.errors import ConfigError
 
@@ -36,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Prometheus /metrics HOST:PORT [{c.ENV_METRICS}]")
     p.add_argument("--readiness", default=_env(c.ENV_READINESS, c.DEFAULT_READINESS),
                    help=f"/healthz/ready HOST:PORT [{c.ENV_READINESS}]")
+    p.add_argument("--agent-metrics-socket",
+                   default=os.environ.get(c.ENV_AGENT_METRICS_SOCKET, DEFAULT_AGENT_METRICS_SOCKET),
+                   help="the node agent's metrics Unix socket, appended to /metrics; '' turns "
+                   f"it off [{c.ENV_AGENT_METRICS_SOCKET}]")
     p.add_argument("--trust-domain", default=_env(c.ENV_TRUST_DOMAIN, "cluster.local"),
                    help=f"mesh trust domain [{c.ENV_TRUST_DOMAIN}]")
     p.add_argument("--log-level", default=_env(c.ENV_LOG_LEVEL, "INFO"),
@@ -63,6 +68,9 @@ def parse_config(argv: Sequence[str] | None = None) -> c.Config:
             admin=c.parse_hostport(ns.admin, "--admin"),
             metrics=c.parse_hostport(ns.metrics, "--metrics"),
             readiness=c.parse_hostport(ns.readiness, "--readiness"),
+            agent_metrics_socket=(
+                Path(ns.agent_metrics_socket) if ns.agent_metrics_socket else None
+            ),
             trust_domain=ns.trust_domain,
             log_level=ns.log_level,
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Final
 
 from meshapi.constants import (
+    DEFAULT_AGENT_METRICS_SOCKET,
     DEFAULT_TRUST_DOMAIN,
     NODE_METRICS_PORT,
     NODE_READINESS_PORT,
@@ -25,6 +26,8 @@ ENV_METRICS: Final = "NODEMESH_ZTUNNEL_METRICS"
 ENV_READINESS: Final = "NODEMESH_ZTUNNEL_READINESS"
 ENV_TRUST_DOMAIN: Final = "NODEMESH_TRUST_DOMAIN"
 ENV_LOG_LEVEL: Final = "NODEMESH_LOG_LEVEL"
+#: the same variable sets the agent's --metrics-socket (node_agent/config.py)
+ENV_AGENT_METRICS_SOCKET: Final = "NODEMESH_AGENT_METRICS_SOCKET"
 
 DEFAULT_ADMIN: Final = f"127.0.0.1:{ZTUNNEL_ADMIN_PORT}"
 DEFAULT_METRICS: Final = f"0.0.0.0:{NODE_METRICS_PORT}"
@@ -56,6 +59,9 @@ class Config:
     readiness: tuple[str, int] = ("0.0.0.0", NODE_READINESS_PORT)
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     log_level: str = "INFO"
+    #: the node agent's metrics socket, read on each scrape of /metrics (None: not at all)
+    agent_metrics_socket: Path | None = Path(DEFAULT_AGENT_METRICS_SOCKET)
+    agent_metrics_timeout: float = 1.0
     connect_timeout: float = 5.0
     drain_seconds: float = 5.0
 

@@ -136,6 +136,20 @@ class Metrics:
             "1 while the discovery stream is connected",
             registry=r,
         )
+        # the node agent's own metrics are appended to /metrics (ztunnel.agentmetrics)
+        self.agent_scrape_up = Gauge(
+            "nodemesh_agent_scrape_up",
+            "1 if the node agent's metrics were read for this scrape (they follow), 0 if not "
+            "(agent down, slow or its answer unusable; see "
+            "nodemesh_ztunnel_agent_scrape_errors_total) or not configured",
+            registry=r,
+        )
+        self.agent_scrape_errors = Counter(
+            "nodemesh_ztunnel_agent_scrape_errors",
+            "Scrapes that left out the node agent's metrics, by reason",
+            ("reason",),
+            registry=r,
+        )
 
     def connection_opened(self, labels: ConnLabels) -> None:
         self.tcp_opened.labels(*labels.values()).inc()
