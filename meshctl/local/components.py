@@ -78,6 +78,8 @@ class MeshComponents:
             self.python, "-m", "ztunnel", *self._node_flags(layout, node),
             "--metrics", node.metrics,
             "--readiness", node.readiness,
+            # the agent's metrics, appended to the node's endpoint
+            "--agent-metrics-socket", str(layout.agent_metrics_socket(node)),
         ]
 
     def agent(self, layout: Layout, node: Node) -> list[str]:
@@ -89,6 +91,7 @@ class MeshComponents:
             "--cgroup", str(subtree(cgroup2_mount())),
             "--host-probe-ip", str(node.pod_gateway),
             "--status-file", str(layout.agent_status(node)),
+            "--metrics-socket", str(layout.agent_metrics_socket(node)),
         ]
 
     def pod(self, pod: Pod) -> list[str]:

@@ -2,7 +2,8 @@
 
 ``<state>/cluster.json``, ``<state>/config/`` (the controller's watched dir),
 ``<state>/controller/`` (its ``--state-dir``, ``node-tokens/``, log, pid file),
-``<state>/nodes/<node>/`` (``token``, ``root-cert.pem``, ``ztunnel.sock``, logs, pid files),
+``<state>/nodes/<node>/`` (``token``, ``root-cert.pem``, ``ztunnel.sock``,
+``agent-metrics.sock``, logs, pid files),
 ``<state>/pods/<namespace>.<name>.{log,pid}`` (the sample apps).
 
 Only the entries named here are ever removed by ``down``; log files are kept for post-mortems.
@@ -68,6 +69,10 @@ class Layout:
 
     def zds_socket(self, node: Node) -> Path:
         return self.node_dir(node) / "ztunnel.sock"
+
+    def agent_metrics_socket(self, node: Node) -> Path:
+        """The agent serves its metrics here; the node's ztunnel appends them to its own."""
+        return self.node_dir(node) / "agent-metrics.sock"
 
     def agent_status(self, node: Node) -> Path:
         return self.node_dir(node) / "agent-status.json"
