@@ -355,6 +355,7 @@ def test_ztunnel_args_parse_with_its_parser() -> None:
     assert config.admin == ("127.0.0.1", 15000)
     assert config.metrics == ("0.0.0.0", 15020)
     assert config.readiness == ("0.0.0.0", 15021)
+    assert config.agent_metrics_socket == Path("/var/run/nodemesh/agent-metrics.sock")
 
 
 def test_agent_args_parse_with_its_parser(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -370,6 +371,7 @@ def test_agent_args_parse_with_its_parser(monkeypatch: pytest.MonkeyPatch) -> No
         "--proc-root": ["/host/proc"], "--redirect-mode": ["auto"], "--host-probe-ip": ["auto"],
         "--cgroup": ["/host/sys/fs/cgroup"], "--bpf-pin-root": ["/sys/fs/bpf/nodemesh"],
         "--status-file": ["/var/run/nodemesh/agent-status.json"],
+        "--metrics-socket": ["/var/run/nodemesh/agent-metrics.sock"],
     }
     # the plugin binary exists only in the image: the parser checks it is executable
     real_access = os.access
@@ -417,8 +419,9 @@ def test_controller_parser_rejects_what_the_test_feeds_it() -> None:
     ("node-agent", "--zds-socket"), ("node-agent", "--cni-socket"),
     ("node-agent", "--status-file"), ("node-agent", "--proc-root"), ("node-agent", "--cgroup"),
     ("node-agent", "--cni-bin-dir"), ("node-agent", "--cni-conf-dir"),
-    ("node-agent", "--bpf-pin-root"),
+    ("node-agent", "--bpf-pin-root"), ("node-agent", "--metrics-socket"),
     ("ztunnel", "--zds-socket"), ("ztunnel", "--ca-root"), ("ztunnel", "--token-file"),
+    ("ztunnel", "--agent-metrics-socket"),
 ])
 def test_path_flags_point_into_a_mount(container: str, flag: str) -> None:
     args, _ = argv_and_env("DaemonSet", "nodemesh-node", container)
@@ -432,6 +435,16 @@ def test_both_node_containers_share_the_zds_socket_directory() -> None:
     agent = mounts(spec, "node-agent")["/var/run/nodemesh"][1]
     ztunnel = mounts(spec, "ztunnel")["/var/run/nodemesh"][1]
     assert agent is ztunnel or agent == ztunnel
+
+
+def test_the_ztunnel_reads_the_agent_metrics_where_the_agent_serves_them() -> None:
+    """One metrics endpoint per node: the ztunnel appends what the agent serves on this
+    socket, so both name the same path, in the directory they share (above)."""
+    (served,) = flags(argv_and_env("DaemonSet", "nodemesh-node", "node-agent")[0])[
+        "--metrics-socket"]
+    (read,) = flags(argv_and_env("DaemonSet", "nodemesh-node", "ztunnel")[0])[
+        "--agent-metrics-socket"]
+    assert served == read and served.startswith("/var/run/nodemesh/")
 
 
 # ---- controller Service and PDB -----------------------------------------------------------------
