@@ -484,7 +484,7 @@ def test_restarts_keep_or_drop_the_acceleration(
         out_l.close()
 
 
-# -- a node moving from iptables to eBPF ------------------------------------------------------------
+# -- a node moving from iptables to eBPF ---------------------------------------------------------
 
 
 def test_switch_from_iptables_removes_the_old_rules(
