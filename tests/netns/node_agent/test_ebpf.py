@@ -132,6 +132,20 @@ def original_dst(conn: socket.socket) -> tuple[str, int]:
     return socket.inet_ntoa(raw[4:8]), int.from_bytes(raw[2:4], "big")
 
 
+def assert_outbound_captured(pod: str, peer: str) -> None:
+    """The pod's connection to the peer's app lands on the pod's 15001, original dst intact."""
+    out_l, app_l = listener(pod, 15001), listener(peer, 8080, False)
+    try:
+        c = connect(pod, (PEER_IP, 8080))
+        conn, _ = out_l.accept()
+        assert original_dst(conn) == (PEER_IP, 8080)
+        conn.close()
+        c.close()
+    finally:
+        out_l.close()
+        app_l.close()
+
+
 def no_rules(ns: str) -> None:
     for cmd in (["iptables-legacy-save"], ["iptables-nft-save"], ["nft", "list", "ruleset"]):
         out = subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True)
@@ -309,16 +323,7 @@ def test_forced_load_failure_falls_back_to_iptables(
     import asyncio
 
     asyncio.run(red.apply(path(pod), PLAN, ipaddress.IPv4Address(POD_IP)))
-    out_l, app_l = listener(pod, 15001), listener(peer, 8080, False)
-    try:
-        c = connect(pod, (PEER_IP, 8080))
-        conn, _ = out_l.accept()
-        assert original_dst(conn) == (PEER_IP, 8080)
-        conn.close()
-        c.close()
-    finally:
-        out_l.close()
-        app_l.close()
+    assert_outbound_captured(pod, peer)
 
 
 # -- --ebpf-sockmap --------------------------------------------------------------------------------
@@ -518,13 +523,4 @@ def test_switch_from_iptables_removes_the_old_rules(
                             capture_output=True, text=True).stdout.split()
     assert "nat" not in tables
     # and capture works through eBPF alone
-    out_l, app_l = listener(pod, 15001), listener(peer, 8080, False)
-    try:
-        c = connect(pod, (PEER_IP, 8080))
-        conn, _ = out_l.accept()
-        assert original_dst(conn) == (PEER_IP, 8080)
-        conn.close()
-        c.close()
-    finally:
-        out_l.close()
-        app_l.close()
+    assert_outbound_captured(pod, peer)
