@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,14 @@ class Cluster:
     def admin(self, node: str, path: str) -> Any:
         return json.loads(self.node_get(node, f"http://127.0.0.1:15000{path}"))
 
+    def node_metrics(self, node: str, timeout: float = 5) -> str:
+        """The node's Prometheus endpoint (the ztunnel's metrics, then its agent's), read from
+        the host as a Prometheus server would."""
+        index = int(node.rsplit("-", 1)[1])
+        url = f"http://10.77.0.{10 + index}:15020/metrics"
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return str(resp.read().decode())
+
     def apply(self, yaml_text: str, tmp_path: Path, name: str = "objects.yaml") -> None:
         f = tmp_path / name
         f.write_text(yaml_text)
@@ -133,6 +142,17 @@ class Cluster:
         cookie = netns_cookie(netns)
         pins = sorted(p for p in BPF_PINS.glob(f"*/pods/{cookie}"))
         return [f"ebpf sk_lookup link {p}" for p in pins]
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample ``name{labels}`` (exactly those labels) in an exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None
 
 
 def nodemesh_rules(netns: str) -> list[str]:

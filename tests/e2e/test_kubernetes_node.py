@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from node_agent.cni import fallback
-from tests.e2e.conftest import Cluster, poll
+from tests.e2e.conftest import Cluster, metric, poll
 from tests.fakes.kubenode import (
     ExtraPod,
     KubeNode,
@@ -142,6 +142,18 @@ def _add_and_use(kube_node: KubeNode, cluster: Cluster, pod: ExtraPod, uid: str)
     assert res.returncode == 0, f"{res.stdout}\n{res.stderr}\n{kube_node.log()}"
     result = json.loads(res.stdout)
     assert result["ips"] == [{"address": f"{NEW_IP}/24", "gateway": "10.78.1.1", "interface": 0}]
+    # node-1's one metrics endpoint now carries this agent's count and time of that ADD (the
+    # agent is new for this test: it was the first CNI request it served)
+    text = cluster.node_metrics("node-1")
+    assert metric(text, "nodemesh_agent_scrape_up") == 1
+    assert metric(text, "nodemesh_agent_info", node="node-1", mode=cluster.mode,
+                  source="kubernetes") == 1
+    assert metric(text, "nodemesh_agent_cni_requests_total", command="ADD", result="ok") == 1
+    assert metric(text, "nodemesh_agent_cni_request_duration_seconds_count", command="ADD") == 1
+    took = metric(text, "nodemesh_agent_cni_request_duration_seconds_sum", command="ADD")
+    assert took is not None and 0 < took < 30
+    relists = metric(text, "nodemesh_agent_watch_relists_total", resource="pods")
+    assert relists is not None and relists >= 1
     # the very first connection after ADD returned is captured: server-1 refuses plaintext, so
     # an answer at all means mutual TLS, and node-2 records the new pod's identity
     reply = in_pod(pod, "curl", "-sS", "--max-time", "5",
@@ -159,6 +171,9 @@ def _add_and_use(kube_node: KubeNode, cluster: Cluster, pod: ExtraPod, uid: str)
     assert check.returncode == 0, check.stdout
     res = kube_node.cni("DEL", pod.netns, "default", "newpod", uid, NEW_IP, "sandbox-a")
     assert res.returncode == 0 and res.stdout == "", res.stdout
+    text = cluster.node_metrics("node-1")
+    assert metric(text, "nodemesh_agent_cni_requests_total", command="DEL", result="ok") == 1
+    assert metric(text, "nodemesh_agent_cni_requests_total", command="CHECK", result="ok") == 1
     poll("the ztunnel to stop serving the deleted sandbox", lambda: NEW_IP not in {
         p.get("ip") for p in cluster.admin("node-1", "/config_dump")["pods"]})
 
