@@ -217,7 +217,7 @@ async def test_agent_that_never_answers_times_out(sock: Path) -> None:
         await read_head(reader)
         await asyncio.Event().wait()
 
-    s, metrics = scraper(sock, timeout=0.2)
+    s, metrics = scraper(sock, timeout=1.0)
     async with fake_agent(sock, hang):
         started = time.monotonic()
         assert await s.scrape() == b""
@@ -226,7 +226,7 @@ async def test_agent_that_never_answers_times_out(sock: Path) -> None:
         started = time.monotonic()
         assert await s.scrape(budget=0.05) == b""
         short = time.monotonic() - started
-    assert 0.2 <= took < 1.0 and short < 0.15
+    assert 1.0 <= took < 5.0 and short < 0.5
     assert up_and_errors(metrics) == (0.0, {"timeout": 2.0})
 
 
@@ -351,10 +351,11 @@ async def test_node_metrics_with_a_hung_agent_answer_within_the_budget(sock: Pat
     async with (fake_agent(sock, hang),
                 node_metrics(metrics, AgentScrape(sock, metrics, timeout=5.0)) as client):
         started = time.monotonic()
-        # Prometheus allows 0.4 s: the agent gets half of it, the scrape still succeeds
-        text = await get_metrics(client, **{"X-Prometheus-Scrape-Timeout-Seconds": "0.4"})
+        # Prometheus allows 1 s: the agent gets half of it (not its own 5 s), the scrape
+        # still succeeds in time
+        text = await get_metrics(client, **{"X-Prometheus-Scrape-Timeout-Seconds": "1"})
         took = time.monotonic() - started
-    assert took < 0.4, took
+    assert 0.5 <= took < 1.0, took
     assert value(text, "nodemesh_agent_scrape_up") == 0.0
     assert value(text, "nodemesh_ztunnel_agent_scrape_errors_total", reason="timeout") == 1.0
 
