@@ -646,11 +646,12 @@ def build(
         if isinstance(a.parsed, EndpointSliceObj) and a.parsed.service:
             slices.setdefault((a.parsed.key.namespace, a.parsed.service), []).append(a.parsed)
     services: dict[str, Service] = {}
+    index = _WorkloadIndex(workloads.values())
     for a in items:
         svc = a.parsed
         if isinstance(svc, ServiceObj):
             service, svc_issues = _service(
-                svc, a.source, workloads, pods, slices.get((svc.key.namespace, svc.key.name), [])
+                svc, a.source, index, pods, slices.get((svc.key.namespace, svc.key.name), [])
             )
             services[service.key] = service
             issues.extend(svc_issues)
@@ -674,10 +675,34 @@ def _workload(pod: PodObj, ns_labels: Mapping[str, str], trust_domain: str) -> W
     )
 
 
+class _WorkloadIndex:
+    """Workloads by namespace and by (namespace, label, value): a selector costs what it
+    matches, not a pass over every workload (services x pods grows fast)."""
+
+    def __init__(self, workloads: Iterable[Workload]) -> None:
+        self.by_namespace: dict[str, list[Workload]] = {}
+        self._by_label: dict[tuple[str, str, str], set[str]] = {}
+        self._by_key: dict[str, Workload] = {}
+        for w in workloads:
+            self.by_namespace.setdefault(w.namespace, []).append(w)
+            self._by_key[w.key] = w
+            for k, v in w.labels:
+                self._by_label.setdefault((w.namespace, k, v), set()).add(w.key)
+
+    def select(self, namespace: str, selector: Mapping[str, str]) -> list[Workload]:
+        """The workloads of ``namespace`` whose labels include every pair of a non-empty
+        ``selector``."""
+        sets = sorted(
+            (self._by_label.get((namespace, k, v), set()) for k, v in selector.items()), key=len
+        )
+        keys = set(sets[0]).intersection(*sets[1:]) if sets else set()
+        return [self._by_key[k] for k in keys]
+
+
 def _service(
     svc: ServiceObj,
     source: str,
-    workloads: Mapping[str, Workload],
+    index: _WorkloadIndex,
     pods: Mapping[str, PodObj],
     slices: Sequence[EndpointSliceObj] = (),
 ) -> tuple[Service, list[ConfigIssue]]:
@@ -686,17 +711,11 @@ def _service(
     if not svc.selector and slices:
         uids = {u for s in slices for u in s.pod_uids}
         ips = {ip for s in slices for ip in s.addresses}
-        for w in workloads.values():
-            if w.namespace == svc.key.namespace and (w.uid in uids or w.ip in ips):
+        for w in index.by_namespace.get(svc.key.namespace, ()):
+            if w.uid in uids or w.ip in ips:
                 selected.append(w)
     if svc.selector:
-        wanted = dict(svc.selector)
-        for w in workloads.values():
-            labels = w.label_map
-            if w.namespace == svc.key.namespace and all(
-                labels.get(k) == v for k, v in wanted.items()
-            ):
-                selected.append(w)
+        selected.extend(index.select(svc.key.namespace, dict(svc.selector)))
     selected.sort(key=lambda w: (w.ip, w.key))
     ports: list[ServicePort] = []
     for p in svc.ports:
