@@ -232,4 +232,20 @@ def run(config: Config) -> int:
     except AgentError as exc:
         log.error("%s", exc)
         return 1
+    except ExceptionGroup as group:
+        # a task of the TaskGroup failed (a socket another agent serves, ...): if only with
+        # AgentErrors, their messages, not a traceback
+        agent_errors, rest = group.split(AgentError)
+        if agent_errors is None or rest is not None:
+            raise
+        for leaf in _leaves(agent_errors):
+            log.error("%s", leaf)
+        return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
