@@ -187,7 +187,7 @@ class AgentMetrics:
         return bytes(generate_latest(self.registry))
 
 
-class MetricsServer:
+class MetricsServer(unixsock.Served):
     """``GET /metrics`` of a registry on a Unix socket (mode 0600; a stale socket file is
     replaced, a live one is an error: see :mod:`node_agent.unixsock`).
 
@@ -238,17 +238,4 @@ class MetricsServer:
         unixsock.unlink_if_ours(self.path, self._bound)
         self._bound = None
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set (or cancelled), then close."""
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.close()
 
-    async def __aenter__(self) -> MetricsServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()

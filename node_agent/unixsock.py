@@ -12,12 +12,14 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import secrets
 import socket
 import stat
+from typing import Self
 
 from node_agent.errors import AgentError
 
@@ -101,3 +103,29 @@ def unlink_if_ours(path: str, bound: Bound | None) -> None:
         pass
     except OSError as exc:
         log.warning("could not remove the socket %s: %s", path, exc)
+
+
+class Served:
+    """The lifecycle shared by the agent's socket servers: ``start()`` and ``close()`` are
+    theirs; ``serve(stop)`` and ``async with`` are built on them here."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set (or the task is cancelled), then close."""
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

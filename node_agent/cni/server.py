@@ -56,7 +56,7 @@ class CniBackend(Protocol):
     async def check(self, req: CheckRequest) -> None: ...
 
 
-class CniServer:
+class CniServer(unixsock.Served):
     """Serves the CNI plugin's requests on ``path``.
 
     Use ``async with CniServer(path, backend):`` or ``await server.serve(stop)``.
@@ -135,20 +135,7 @@ class CniServer:
                 )
                 await asyncio.wait(pending)
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set, then drain and close."""
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.close()
 
-    async def __aenter__(self) -> CniServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     @property
     def active_connections(self) -> int:
