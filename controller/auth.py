@@ -337,6 +337,9 @@ class TokenReviewAuthenticator:
         self._cache = ReviewCache(cache_ttl, cache_size)
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._timeout = timeout
+        #: one review per token at a time: a node's requests that arrive together (its
+        #: discovery stream and CSRs after a controller restart) wait for the same answer
+        self._reviews: dict[bytes, asyncio.Task[NodeName]] = {}
 
     @property
     def cache(self) -> ReviewCache:
@@ -349,6 +352,17 @@ class TokenReviewAuthenticator:
         if cached is not None:
             self._metrics.token_reviews.labels("cached").inc()
             return cached
+        task = self._reviews.get(digest)
+        if task is not None:
+            self._metrics.token_reviews.labels("shared").inc()
+        else:
+            # a task of its own: a caller that goes away does not cancel the others' review
+            task = asyncio.create_task(self._review_and_cache(token, digest))
+            self._reviews[digest] = task
+            task.add_done_callback(lambda t: self._review_done(digest, t))
+        return await asyncio.shield(task)
+
+    async def _review_and_cache(self, token: str, digest: bytes) -> NodeName:
         try:
             node = await self._review(token)
         except AuthError as exc:
@@ -360,6 +374,12 @@ class TokenReviewAuthenticator:
         self._metrics.token_reviews.labels("ok").inc()
         self._cache.put(digest, node)
         return node
+
+    def _review_done(self, digest: bytes, task: asyncio.Task[NodeName]) -> None:
+        if self._reviews.get(digest) is task:
+            del self._reviews[digest]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have gone
 
     async def _review(self, token: str) -> NodeName:
         try:

@@ -21,6 +21,7 @@ CSR_REFUSAL_REASONS = (
 TOKEN_REVIEW_OUTCOMES = (
     "ok",
     "cached",
+    "shared",
     "error",
     "missing",
     "malformed",
@@ -75,8 +76,9 @@ class Metrics:
 
         self.token_reviews = Counter(
             "nodemesh_controller_token_reviews",
-            "Node token checks in Kubernetes mode, by outcome (ok, cached, error: the API "
-            "failed, or why the token was refused).",
+            "Node token checks in Kubernetes mode, by outcome (ok, cached, shared: waited for "
+            "the same token's review in flight, error: the API failed, or why the token was "
+            "refused).",
             ["outcome"],
             registry=r,
         )

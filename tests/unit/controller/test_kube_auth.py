@@ -3,6 +3,7 @@ the real client against the fake API server."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,34 @@ async def test_token_review_finds_the_node_and_caches(
         assert metrics.token_reviews.labels("ok")._value.get() == 2
         assert metrics.token_reviews.labels("cached")._value.get() == 1
         assert TOKEN not in caplog.text
+    finally:
+        client.close()
+
+
+async def test_concurrent_checks_of_one_token_share_one_review(
+    fake: FakeKubeApi, client: KubeClient
+) -> None:
+    metrics = Metrics()
+    auth = authenticator(client, metrics)
+    add_node_token(fake, TOKEN, "agent-a", UID1)
+    try:
+        # a caller that goes away (its request was cancelled) does not stop the others' review
+        first = asyncio.create_task(auth.authenticate(f"Bearer {TOKEN}"))
+        await asyncio.sleep(0)
+        first.cancel()
+        nodes = await asyncio.gather(*(auth.authenticate(f"Bearer {TOKEN}") for _ in range(9)))
+        assert nodes == ["node-1"] * 9
+        assert reviews(fake) == 1
+        assert metrics.token_reviews.labels("ok")._value.get() == 1
+        assert metrics.token_reviews.labels("shared")._value.get() == 9
+        # a refusal reaches every waiter, and is not remembered
+        with pytest.raises(AuthError):
+            await asyncio.gather(*(auth.authenticate("Bearer unknown-token-0123456789abcdef")
+                                   for _ in range(3)))
+        assert reviews(fake) == 2
+        with pytest.raises(AuthError):
+            await auth.authenticate("Bearer unknown-token-0123456789abcdef")
+        assert reviews(fake) == 3
     finally:
         client.close()
 
