@@ -1,7 +1,7 @@
 /* sk_lookup, attached to each enrolled pod's netns: a new inbound TCP connection to the pod is
  * handed to the ztunnel's 15008 (HBONE) or 15006 (everything else) listener of that pod.
  * Let through as is: loopback and the pod's own connections, the node's health-probe source and
- * pods not enrolled. While the ztunnel has no listener for an enrolled pod (before it acked the
+ * pods not enrolled. Inbound IPv6 TCP (not over loopback) is dropped: the mesh is IPv4. While the ztunnel has no listener for an enrolled pod (before it acked the
  * pod, while it restarts) the connection is refused, as iptables' REDIRECT to a closed 15006
  * would: it never reaches the app around the mesh. */
 #include <uapi/linux/bpf.h>
@@ -10,9 +10,13 @@
 
 int nm_sk_lookup(struct bpf_sk_lookup *ctx)
 {
-	if (ctx->family != 2 /* AF_INET */ || ctx->protocol != IPPROTO_TCP)
+	if (ctx->protocol != IPPROTO_TCP || ctx->ingress_ifindex == NM_LOOPBACK_IFINDEX)
 		return SK_PASS;
-	if (ctx->ingress_ifindex == NM_LOOPBACK_IFINDEX)
+	/* this program runs only in enrolled pods' netns: IPv6 from outside the pod cannot go
+	 * through the (IPv4) mesh, and must not reach the app around it */
+	if (ctx->family == 10 /* AF_INET6 */)
+		return SK_DROP;
+	if (ctx->family != 2 /* AF_INET */)
 		return SK_PASS;
 	__u32 ip = ctx->local_ip4;
 	__u64 *netns = nm_pod_ips.lookup(&ip);

@@ -1,6 +1,7 @@
 /* cgroup/sock_ops: two moments the other programs cannot see.
- * TCP_CONNECT (source port now chosen): a connection connect4 captured is recorded by its app
- * side (netns, ip, port) so the ztunnel's getsockopt(SO_ORIGINAL_DST) can find it.
+ * TCP_CONNECT (source port now chosen): a connection connect4 (or connect6, for an IPv4-mapped
+ * destination) captured is recorded by its app side (netns, ip, port) so the ztunnel's
+ * getsockopt(SO_ORIGINAL_DST) can find it.
  * TCP_LISTEN: the ztunnel's 15006/15008 listeners of an enrolled pod go into nm_listeners for
  * sk_lookup.
  * ACTIVE/PASSIVE_ESTABLISHED (only with NM_SOCKMAP): both ends of a captured app -> 15001 hop
@@ -12,6 +13,24 @@
 
 int nm_sockops(struct bpf_sock_ops *skops)
 {
+	/* an AF_INET6 socket connect6 captured talks IPv4 (to ::ffff:<pod ip>:15001): its
+	 * source is the IPv4-mapped ::ffff:a.b.c.d, and the ztunnel's accepted (IPv4) socket sees
+	 * a.b.c.d as its peer */
+	if (skops->op == BPF_SOCK_OPS_TCP_CONNECT_CB && skops->family == 10 /* AF_INET6 */) {
+		__u64 cookie = bpf_get_socket_cookie(skops);
+		struct orig_dst *orig = nm_pending.lookup(&cookie);
+		if (!orig)
+			return 1;
+		if (skops->local_ip6[0] != 0 || skops->local_ip6[1] != 0 ||
+		    skops->local_ip6[2] != bpf_htonl(0xffff))
+			return 1;
+		struct flow_key key = {.netns = bpf_get_netns_cookie(skops),
+				       .ip = skops->local_ip6[3], .port = skops->local_port};
+		struct orig_dst value = *orig;
+		nm_flows.update(&key, &value);
+		nm_pending.delete(&cookie);
+		return 1;
+	}
 	if (skops->family != 2 /* AF_INET */)
 		return 1;
 	__u64 netns = bpf_get_netns_cookie(skops);

@@ -4,7 +4,8 @@ Invariants:
 
 * The plan lives in the pod's own netns, ``nat`` table, in two chains we own
   (``NODEMESH_PREROUTING``, ``NODEMESH_OUTPUT``) each reached by exactly one jump from the built-in
-  chain of the same role. Nothing else in the pod's tables is ours.
+  chain of the same role, plus the IPv6 guard (``ipv6_guard``: fixed rules in the ip6tables
+  ``filter`` table, see ``redirect.iptables.guard6``). Nothing else in the pod's tables is ours.
 * Order inside a chain matters (first match wins), so chains are tuples.
 * :class:`Rule` is a neutral description that both the iptables edge (to install and to read back)
   and :func:`render_iptables_save` (golden files, debugging) understand; two plans are equal iff
@@ -60,6 +61,9 @@ class Plan:
     chains: tuple[Chain, ...]
     jumps: tuple[tuple[str, str], ...] = JUMPS
     table: str = TABLE
+    #: IPv6 TCP refused both ways but on loopback (the mesh carries IPv4): the ip6tables guard
+    #: (``redirect.iptables.guard6``) or, in eBPF mode, the connect6 and sk_lookup programs
+    ipv6_guard: bool = False
 
     def chain(self, name: str) -> Chain | None:
         for c in self.chains:
@@ -117,7 +121,7 @@ def plan_for_pod(pod_ip: ipaddress.IPv4Address, settings: Settings) -> Plan:
         )
     inbound_rules.append(Rule("REDIRECT", protocol="tcp", to_port=settings.inbound_port))
     inbound = Chain(PREROUTING_CHAIN, tuple(inbound_rules))
-    return Plan(chains=tuple(sorted((outbound, inbound), key=lambda c: c.name)))
+    return Plan(chains=tuple(sorted((outbound, inbound), key=lambda c: c.name)), ipv6_guard=True)
 
 
 def render_rule(chain: str, rule: Rule) -> str:

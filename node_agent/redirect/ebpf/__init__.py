@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 #: cgroup programs: function → attach type
 CGROUP_PROGRAMS: Final = {
     "nm_connect4": bpfsys.ATTACH_CGROUP_INET4_CONNECT,
+    "nm_connect6": bpfsys.ATTACH_CGROUP_INET6_CONNECT,
     "nm_sockops": bpfsys.ATTACH_CGROUP_SOCK_OPS,
     "nm_getsockopt": bpfsys.ATTACH_CGROUP_GETSOCKOPT,
 }

@@ -24,6 +24,7 @@ from node_agent.redirect.ebpf import sys as bpfsys
 #: attach point file → (function, program type, expected attach type)
 PROGRAMS: Final = {
     "connect4.c": ("nm_connect4", bpfsys.PROG_CGROUP_SOCK_ADDR, bpfsys.ATTACH_CGROUP_INET4_CONNECT),
+    "connect6.c": ("nm_connect6", bpfsys.PROG_CGROUP_SOCK_ADDR, bpfsys.ATTACH_CGROUP_INET6_CONNECT),
     "sockops.c": ("nm_sockops", bpfsys.PROG_SOCK_OPS, bpfsys.ATTACH_CGROUP_SOCK_OPS),
     "getsockopt.c": ("nm_getsockopt", bpfsys.PROG_CGROUP_SOCKOPT, bpfsys.ATTACH_CGROUP_GETSOCKOPT),
     "sk_lookup.c": ("nm_sk_lookup", bpfsys.PROG_SK_LOOKUP, bpfsys.ATTACH_SK_LOOKUP),

@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import threading
 from collections.abc import Callable, Iterable
@@ -24,6 +25,7 @@ import iptc
 
 from node_agent.errors import NetnsError, RedirectError
 from node_agent.netns import run_in_netns
+from node_agent.redirect.iptables import guard6
 from node_agent.redirect.plan import EMPTY, JUMPS, OWN_CHAINS, TABLE, Chain, Plan, Rule
 
 T = TypeVar("T")
@@ -145,9 +147,13 @@ def read_current() -> Plan:
     with _LOCK:
         table = _open(TABLE)
         try:
-            return _read_table(table)
+            nat = _read_table(table)
         finally:
             table.close()
+        guarded = guard6.present_current()
+    if not guarded and nat == EMPTY:
+        return EMPTY
+    return dataclasses.replace(nat, ipv6_guard=guarded)
 
 
 def apply_current(plan: Plan) -> bool:
@@ -155,50 +161,60 @@ def apply_current(plan: Plan) -> bool:
     if plan.table != TABLE or set(plan.jumps) - set(JUMPS):
         raise RedirectError(f"plan outside the {TABLE} table or with unknown jumps: {plan}")
     with _LOCK:
-        table = _open(TABLE)
-        try:
-            current = _read_table(table)
-            if current == plan:
-                return False
-            wanted = {c.name: c for c in plan.chains}
-            have = {c.name: c for c in current.chains}
-            # 1. jumps: drop every jump that is not exactly one wanted plain jump
-            kept: set[tuple[str, str]] = set()
-            for builtin, rule in _jump_rules(table):
-                key = (builtin, rule.target.name)
-                if _is_plain_jump(rule) and key in plan.jumps and key not in kept:
-                    kept.add(key)
-                else:
-                    iptc.Chain(table, builtin).delete_rule(rule)
-            # 2. our chains: rewrite only those that differ, delete the unwanted
-            for name in sorted(OWN_CHAINS):
-                chain = wanted.get(name)
-                if chain is None:
-                    if name in have:
-                        iptc.Chain(table, name).flush()
-                        table.delete_chain(name)
-                    continue
-                if have.get(name) == chain:
-                    continue
+        # the guard first: a pod must not be captured for IPv4 and open for IPv6
+        guard_changed = (
+            guard6.apply_current() if plan.ipv6_guard else guard6.remove_current()
+        )
+        return _apply_nat(plan) or guard_changed
+
+
+def _apply_nat(plan: Plan) -> bool:
+    """The ``nat`` part of :func:`apply_current` (under the lock)."""
+    nat = dataclasses.replace(plan, ipv6_guard=False)
+    table = _open(TABLE)
+    try:
+        current = _read_table(table)
+        if current == nat:
+            return False
+        wanted = {c.name: c for c in plan.chains}
+        have = {c.name: c for c in current.chains}
+        # 1. jumps: drop every jump that is not exactly one wanted plain jump
+        kept: set[tuple[str, str]] = set()
+        for builtin, rule in _jump_rules(table):
+            key = (builtin, rule.target.name)
+            if _is_plain_jump(rule) and key in plan.jumps and key not in kept:
+                kept.add(key)
+            else:
+                iptc.Chain(table, builtin).delete_rule(rule)
+        # 2. our chains: rewrite only those that differ, delete the unwanted
+        for name in sorted(OWN_CHAINS):
+            chain = wanted.get(name)
+            if chain is None:
                 if name in have:
                     iptc.Chain(table, name).flush()
-                else:
-                    table.create_chain(name)
-                ic = iptc.Chain(table, name)
-                for rule in chain.rules:
-                    ic.append_rule(_iptc_rule(rule))
-            # 3. missing jumps go first in their built-in chain: capture precedes other NAT
-            for builtin, own in plan.jumps:
-                if (builtin, own) not in kept:
-                    jump = iptc.Rule()
-                    jump.create_target(own)
-                    iptc.Chain(table, builtin).insert_rule(jump)
-            table.commit()
-            return True
-        except iptc.IPTCError as exc:
-            raise RedirectError(f"iptables update failed: {exc}") from exc
-        finally:
-            table.close()
+                    table.delete_chain(name)
+                continue
+            if have.get(name) == chain:
+                continue
+            if name in have:
+                iptc.Chain(table, name).flush()
+            else:
+                table.create_chain(name)
+            ic = iptc.Chain(table, name)
+            for rule in chain.rules:
+                ic.append_rule(_iptc_rule(rule))
+        # 3. missing jumps go first in their built-in chain: capture precedes other NAT
+        for builtin, own in plan.jumps:
+            if (builtin, own) not in kept:
+                jump = iptc.Rule()
+                jump.create_target(own)
+                iptc.Chain(table, builtin).insert_rule(jump)
+        table.commit()
+        return True
+    except iptc.IPTCError as exc:
+        raise RedirectError(f"iptables update failed: {exc}") from exc
+    finally:
+        table.close()
 
 
 def remove_current() -> bool:
@@ -217,11 +233,11 @@ def remove_current() -> bool:
                     changed = True
             if changed:
                 table.commit()
-            return changed
         except iptc.IPTCError as exc:
             raise RedirectError(f"iptables removal failed: {exc}") from exc
         finally:
             table.close()
+        return guard6.remove_current() or changed
 
 
 def remove_current_if_loaded() -> bool:
@@ -232,7 +248,10 @@ def remove_current_if_loaded() -> bool:
             loaded = f.read().split()
     except FileNotFoundError:  # no ip_tables in this kernel: no rules of ours either
         return False
-    return TABLE in loaded and remove_current()
+    if TABLE in loaded:
+        return remove_current()
+    with _LOCK:
+        return guard6.remove_current()
 
 
 def _wrap(netns_path: str, what: str, exc: Exception) -> RedirectError:

@@ -29,6 +29,8 @@ from node_agent.redirect.ebpf import sys as bpfsys
 from node_agent.redirect.ebpf.loader import default_source_dir
 from node_agent.redirect.plan import EMPTY, Settings, plan_for_pod
 
+from . import ipv6
+
 pytestmark = pytest.mark.root
 
 POD_IP = "10.79.0.2"
@@ -524,3 +526,24 @@ def test_switch_from_iptables_removes_the_old_rules(
     assert "nat" not in tables
     # and capture works through eBPF alone
     assert_outbound_captured(pod, peer)
+
+
+# -- IPv6: the mesh is IPv4; dual-stack sockets are captured, IPv6 proper never goes around it ----
+
+
+def test_dual_stack_socket_to_an_ipv4_address_is_captured(
+    node: str, pod_and_peer: tuple[str, str]
+) -> None:
+    pod, _ = pod_and_peer
+    start(node).apply_blocking(path(pod), PLAN, ipaddress.IPv4Address(POD_IP))
+    ipv6.check_dual_stack_socket_captured(pod, POD_IP, PEER_IP)
+
+
+def test_ipv6_proper_is_refused_both_ways(node: str, pod_and_peer: tuple[str, str]) -> None:
+    pod, peer = pod_and_peer
+
+    def redirect() -> None:
+        start(node).apply_blocking(path(pod), PLAN, ipaddress.IPv4Address(POD_IP))
+
+    ipv6.check_ipv6_refused_both_ways(pod, peer, redirect)
+    no_rules(pod)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import socket
@@ -13,7 +14,10 @@ import pytest
 
 from node_agent.netns import run_in_netns
 from node_agent.redirect import iptables as ipt
+from node_agent.redirect.iptables import guard6
 from node_agent.redirect.plan import EMPTY, Settings, plan_for_pod, render_iptables_save
+
+from . import ipv6
 
 pytestmark = pytest.mark.root
 
@@ -213,3 +217,49 @@ def test_hbone_port_and_probe_source_are_exempt(
     finally:
         hbone.close()
         app.close()
+
+
+def save6(ns: str) -> str:
+    """Our part of the ip6tables filter table, as in the guard's golden file."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "ip6tables-legacy-save", "-t", "filter"],
+                         check=True, capture_output=True, text=True).stdout
+    keep = [ln for ln in out.splitlines() if ln in ("*filter", "COMMIT") or "NODEMESH" in ln]
+    return "\n".join(keep) + "\n"
+
+
+def test_ipv6_guard_matches_golden_is_repaired_and_removed(
+    netns_factory: Callable[[str], str],
+) -> None:
+    ns = netns_factory("pod")
+    assert ipt.apply(path(ns), PLAN) is True
+    assert save6(ns) == (GOLDEN / "pod-ipv6-guard.golden").read_text()
+    assert save6(ns) == guard6.render_ip6tables_save()
+    # an agent from before the guard left only the nat rules: read says so, apply adds it
+    subprocess.run(["ip", "netns", "exec", ns, "ip6tables-legacy", "-D", "NODEMESH_V6_INPUT",
+                    "2"], check=True)
+    assert ipt.read(path(ns)) == dataclasses.replace(PLAN, ipv6_guard=False)
+    assert ipt.apply(path(ns), PLAN) is True
+    assert ipt.read(path(ns)) == PLAN
+    assert ipt.apply(path(ns), PLAN) is False
+    assert ipt.remove(path(ns)) is True
+    assert "NODEMESH" not in save6(ns)
+    assert ipt.read(path(ns)) == EMPTY
+
+
+def test_dual_stack_socket_to_an_ipv4_address_is_captured(
+    netns_factory: Callable[[str], str],
+    veth_pair: Callable[[str, str, str, str], None],
+) -> None:
+    pod, peer = netns_factory("pod"), netns_factory("peer")
+    veth_pair(pod, peer, f"{POD_IP}/24", f"{PEER_IP}/24")
+    ipt.apply(path(pod), PLAN)
+    ipv6.check_dual_stack_socket_captured(pod, POD_IP, PEER_IP)
+
+
+def test_ipv6_proper_is_refused_both_ways(
+    netns_factory: Callable[[str], str],
+    veth_pair: Callable[[str, str, str, str], None],
+) -> None:
+    pod, peer = netns_factory("pod"), netns_factory("peer")
+    veth_pair(pod, peer, f"{POD_IP}/24", f"{PEER_IP}/24")
+    ipv6.check_ipv6_refused_both_ways(pod, peer, lambda: ipt.apply(path(pod), PLAN))
