@@ -25,7 +25,7 @@ import iptc
 
 from node_agent.errors import NetnsError, RedirectError
 from node_agent.netns import run_in_netns
-from node_agent.redirect.iptables import guard6
+from node_agent.redirect.iptables import guard6, owned
 from node_agent.redirect.plan import EMPTY, JUMPS, OWN_CHAINS, TABLE, Chain, Plan, Rule
 
 T = TypeVar("T")
@@ -222,15 +222,7 @@ def remove_current() -> bool:
     with _LOCK:
         table = _open(TABLE)
         try:
-            changed = False
-            for builtin, rule in _jump_rules(table):
-                iptc.Chain(table, builtin).delete_rule(rule)
-                changed = True
-            for name in sorted(OWN_CHAINS):
-                if table.is_chain(name):
-                    iptc.Chain(table, name).flush()
-                    table.delete_chain(name)
-                    changed = True
+            changed = owned.clear(table, _jump_rules(table), OWN_CHAINS)
             if changed:
                 table.commit()
         except iptc.IPTCError as exc:

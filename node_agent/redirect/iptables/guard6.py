@@ -22,6 +22,7 @@ import iptc
 
 from meshapi.constants import ZTUNNEL_SOCKET_MARK
 from node_agent.errors import RedirectError
+from node_agent.redirect.iptables import owned
 
 TABLE = "filter"
 INPUT_CHAIN = "NODEMESH_V6_INPUT"
@@ -199,13 +200,4 @@ def remove_current() -> bool:
 
 
 def _clear(table: Any) -> bool:
-    changed = False
-    for builtin, rule in _jumps(table):
-        iptc.Chain(table, builtin).delete_rule(rule)
-        changed = True
-    for chain in sorted(OWN_CHAINS):
-        if table.is_chain(chain):
-            iptc.Chain(table, chain).flush()
-            table.delete_chain(chain)
-            changed = True
-    return changed
+    return owned.clear(table, _jumps(table), OWN_CHAINS)
