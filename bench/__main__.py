@@ -281,7 +281,8 @@ def render(direct: Figures, mesh: dict[str, Figures], enroll: dict[str, Enrollme
         f"`{SOCKMAP}`: eBPF mode with `--ebpf-sockmap` (the in-pod hop between an app and its "
         "ztunnel, both ends on one sockhash, carried by sk_msg instead of TCP/IP)",
         "- both pods run with `net.ipv4.tcp_tw_reuse=1` and ports 1024-65000 (load-test "
-        "tuning, so new-connection rates are not capped by TIME_WAIT)",
+        "tuning, so new-connection rates are not capped by TIME_WAIT), 15000-15100 reserved "
+        "for the mesh",
         "- the sample app is a one-process asyncio (uvloop) HTTP server: in the direct column "
         "request rates are bounded by it",
         "- `failed`: at least one run of that measurement failed (its error is in the run's "
@@ -371,9 +372,13 @@ def run_benchmark(args: argparse.Namespace) -> int:
             for pod in (CLIENT_POD, SERVER_POD):
                 # a load generator's usual tuning, in both pods' netns and for every column:
                 # thousands of short connections per second must not run out of ports to
-                # TIME_WAIT (the default range, 28k ports for 60 s, caps near 470 per second)
+                # TIME_WAIT (the default range, 28k ports for 60 s, caps near 470 per second).
+                # The mesh's in-pod ports stay out of it, as in any mesh: an app's connection
+                # from local port 15006 (even in TIME_WAIT) keeps the ztunnel from listening
+                # there when the pod is enrolled again
                 pod_exec(pod, "sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1",
-                         "net.ipv4.ip_local_port_range=1024 65000")
+                         "net.ipv4.ip_local_port_range=1024 65000",
+                         "net.ipv4.ip_local_reserved_ports=15000-15100")
             pod_exec(SERVER_POD, "iperf3", "-s", "-p", str(IPERF_PORT), "-D")
             if direct is None:
                 print("direct (unenrolled):", file=sys.stderr)

@@ -23,6 +23,7 @@ import random
 import secrets
 import ssl
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -236,19 +237,34 @@ class _Entry:
         self.lock = asyncio.Lock()
         self.renew_at: datetime | None = None
         self.failures = 0
+        #: monotonic time the last user released it (None while in use)
+        self.idle_since: float | None = None
 
 
 class CertificateStore:
-    """Workload certificates by identity, refcounted by their users, renewed by ``run()``."""
+    """Workload certificates by identity, refcounted by their users, renewed by ``run()``.
+
+    A certificate nobody uses any more is kept (not renewed, not served: ``get`` and ``infos``
+    do not show it) for ``idle_keep`` seconds or until its renewal time, whichever is first, so
+    that a pod add the agent retries every few seconds (its listeners could not be opened yet)
+    or a pod that comes right back does not cost the controller a new signature each time.
+    """
 
     def __init__(
-        self, fetcher: CertFetcher, trust_domain: str, renew_fraction: float = 0.5
+        self,
+        fetcher: CertFetcher,
+        trust_domain: str,
+        renew_fraction: float = 0.5,
+        idle_keep: float = 60.0,
     ) -> None:
         if not 0.0 < renew_fraction < 1.0:
             raise ValueError("renew_fraction must be between 0 and 1")
+        if idle_keep < 0:
+            raise ValueError("idle_keep must not be negative")
         self._fetcher = fetcher
         self._trust_domain = trust_domain
         self._fraction = renew_fraction
+        self._idle_keep = idle_keep
         self._entries: dict[SpiffeId, _Entry] = {}
         self._changed = asyncio.Event()
 
@@ -269,9 +285,13 @@ class CertificateStore:
                 f"{identity} is not in this mesh's trust domain {self._trust_domain!r}"
             )
         entry = self._entries.get(identity)
+        if entry is not None and entry.idle_since is not None and self._stale(entry):
+            del self._entries[identity]
+            entry = None
         if entry is None:
             entry = self._entries[identity] = _Entry()
         entry.refs += 1
+        entry.idle_since = None
         try:
             async with entry.lock:
                 if entry.cert is None:
@@ -297,15 +317,28 @@ class CertificateStore:
             return
         entry.refs -= 1
         if entry.refs <= 0:
-            del self._entries[identity]
+            if entry.cert is None or self._idle_keep == 0:
+                del self._entries[identity]
+            else:
+                entry.idle_since = time.monotonic()
             self._changed.set()
+
+    def _stale(self, entry: _Entry) -> bool:
+        """An idle entry past its keep time or its renewal time (it is never renewed idle)."""
+        assert entry.idle_since is not None
+        return time.monotonic() - entry.idle_since >= self._idle_keep or (
+            entry.renew_at is not None and entry.renew_at <= datetime.now(UTC)
+        )
 
     def get(self, identity: SpiffeId) -> WorkloadCert | None:
         entry = self._entries.get(identity)
-        return entry.cert if entry is not None else None
+        return entry.cert if entry is not None and entry.idle_since is None else None
 
     def infos(self) -> list[CertInfo]:
-        return [e.cert.info for e in self._entries.values() if e.cert is not None]
+        return [
+            e.cert.info for e in self._entries.values()
+            if e.cert is not None and e.idle_since is None
+        ]
 
     async def _renew(self, identity: SpiffeId, entry: _Entry) -> None:
         cert = entry.cert
@@ -339,10 +372,14 @@ class CertificateStore:
         """Renew every certificate at its renewal time until cancelled."""
         while True:
             self._changed.clear()
+            for ident, e in list(self._entries.items()):
+                if e.idle_since is not None and self._stale(e):
+                    del self._entries[ident]
             now = datetime.now(UTC)
             due = [
                 (ident, e) for ident, e in self._entries.items()
                 if e.cert is not None and e.renew_at is not None and e.renew_at <= now
+                and e.idle_since is None
             ]
             for ident, entry in due:
                 async with entry.lock:
@@ -351,8 +388,15 @@ class CertificateStore:
             if due:
                 await asyncio.sleep(0)
                 continue
-            times = [e.renew_at for e in self._entries.values() if e.renew_at is not None]
-            timeout = (min(times) - now).total_seconds() if times else None
+            waits = [
+                (e.renew_at - now).total_seconds()
+                for e in self._entries.values() if e.renew_at is not None
+            ]
+            waits += [
+                self._idle_keep - (time.monotonic() - e.idle_since)
+                for e in self._entries.values() if e.idle_since is not None
+            ]
+            timeout = max(0.0, min(waits)) if waits else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._changed.wait()

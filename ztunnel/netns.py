@@ -172,8 +172,36 @@ def listening_socket(port: int, host: str = "0.0.0.0") -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise NetnsError(f"cannot listen on {host}:{port} in the pod netns: {exc}") from exc
+        hint = _port_in_use_hint(port) if exc.errno == errno.EADDRINUSE else ""
+        raise NetnsError(f"cannot listen on {host}:{port} in the pod netns: {exc}{hint}") from exc
     return sock
+
+
+def _port_in_use_hint(port: int) -> str:
+    """Why a mesh port may be taken in a pod: an app's connection from it, because the pod's
+    ephemeral range includes it (the default, 32768-60999, does not)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(v) for v in f.read().split())
+        with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
+            reserved = f.read().strip()
+    except (OSError, ValueError):
+        return ""
+    if not low <= port <= high or _reserved(port, reserved):
+        return ""
+    return (
+        f" (the pod's ephemeral port range {low}-{high} includes {port}, so one of its own "
+        "connections, maybe already closed and in TIME_WAIT, may hold it: keep the mesh's "
+        "ports out of it, e.g. sysctl net.ipv4.ip_local_reserved_ports=15000-15100)"
+    )
+
+
+def _reserved(port: int, spec: str) -> bool:
+    for part in filter(None, spec.split(",")):
+        low, _, high = part.partition("-")
+        if int(low) <= port <= int(high or low):
+            return True
+    return False
 
 
 def listening_sockets(ports: Sequence[int]) -> list[socket.socket]:

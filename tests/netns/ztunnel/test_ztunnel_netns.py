@@ -240,3 +240,40 @@ async def test_marked_socket_reserve_is_in_the_pod_netns_and_closed_on_forget(
     finally:
         executor.close()
         os.close(fd)
+
+
+def test_mesh_port_held_by_an_app_connection_says_why(netns_factory: NetnsFactory) -> None:
+    """A pod whose ephemeral range includes 15006 may hold it with one of its own connections:
+    the ztunnel's error says so, and how to keep the mesh's ports free."""
+    from node_agent.netns import run_in_netns
+    from ztunnel.errors import NetnsError
+    from ztunnel.netns import listening_socket
+
+    ns = netns_factory("pod")
+    sh(ns, "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65000")
+
+    def body() -> str:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        app = socket.socket()  # an app's connection that happens to use local port 15006
+        app.bind(("127.0.0.1", 15006))
+        app.connect(server.getsockname())
+        try:
+            with pytest.raises(NetnsError) as held:
+                listening_socket(15006)
+            with open("/proc/sys/net/ipv4/ip_local_reserved_ports", "w") as f:
+                f.write("15000-15100")
+            with pytest.raises(NetnsError) as reserved:
+                listening_socket(15006)
+            return f"{held.value}\n{reserved.value}"
+        finally:
+            app.close()
+            server.close()
+
+    held, reserved = run_in_netns(f"/run/netns/{ns}", body).split("\n")
+    assert "Address already in use" in held
+    assert "ephemeral port range 1024-65000 includes 15006" in held
+    assert "ip_local_reserved_ports" in held
+    # reserved: the hint no longer applies (nor would the app get 15006 from the kernel)
+    assert "Address already in use" in reserved and "ephemeral" not in reserved

@@ -110,3 +110,36 @@ def test_renewal_time_counts_from_arrival_not_from_a_backdated_not_before() -> N
     # a day-long certificate: renewed after about half a day, as before
     info = CertInfo(ident, 2, now - timedelta(seconds=60), now + timedelta(days=1))
     assert abs((store._renew_time(info) - now) - timedelta(hours=12)) < timedelta(seconds=5)
+
+
+async def test_released_certificate_is_kept_a_while_for_a_retry() -> None:
+    ca = TestCA()
+    store = CertificateStore(ca, "cluster.local", idle_keep=0.3)
+    first = await store.acquire(ALICE)
+    store.release(ALICE)
+    assert store.get(ALICE) is None and store.infos() == []  # not served while idle
+    # the agent retries the pod add: the same certificate, no new signature
+    assert await store.acquire(ALICE) is first
+    assert ca.signed == 1
+    store.release(ALICE)
+    runner = asyncio.create_task(store.run())
+    try:
+        await asyncio.sleep(0.5)  # past idle_keep: run() dropped it
+        assert store._entries == {}
+        assert await store.acquire(ALICE) is not first
+        assert ca.signed == 2
+    finally:
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+
+async def test_idle_keep_zero_drops_at_once() -> None:
+    ca = TestCA()
+    store = CertificateStore(ca, "cluster.local", idle_keep=0)
+    await store.acquire(ALICE)
+    store.release(ALICE)
+    await store.acquire(ALICE)
+    assert ca.signed == 2
+    with pytest.raises(ValueError, match="idle_keep"):
+        CertificateStore(ca, "cluster.local", idle_keep=-1)
