@@ -171,8 +171,7 @@ def apply_current(plan: Plan) -> bool:
 def _apply_nat(plan: Plan) -> bool:
     """The ``nat`` part of :func:`apply_current` (under the lock)."""
     nat = dataclasses.replace(plan, ipv6_guard=False)
-    table = _open(TABLE)
-    try:
+    with owned.held(_open(TABLE), "iptables update") as table:
         current = _read_table(table)
         if current == nat:
             return False
@@ -211,24 +210,15 @@ def _apply_nat(plan: Plan) -> bool:
                 iptc.Chain(table, builtin).insert_rule(jump)
         table.commit()
         return True
-    except iptc.IPTCError as exc:
-        raise RedirectError(f"iptables update failed: {exc}") from exc
-    finally:
-        table.close()
 
 
 def remove_current() -> bool:
     """Delete our jumps and chains in the current thread's netns; True if any were there."""
     with _LOCK:
-        table = _open(TABLE)
-        try:
+        with owned.held(_open(TABLE), "iptables removal") as table:
             changed = owned.clear(table, _jump_rules(table), OWN_CHAINS)
             if changed:
                 table.commit()
-        except iptc.IPTCError as exc:
-            raise RedirectError(f"iptables removal failed: {exc}") from exc
-        finally:
-            table.close()
         return guard6.remove_current() or changed
 
 

@@ -21,7 +21,6 @@ from typing import Any
 import iptc
 
 from meshapi.constants import ZTUNNEL_SOCKET_MARK
-from node_agent.errors import RedirectError
 from node_agent.redirect.iptables import owned
 
 TABLE = "filter"
@@ -147,21 +146,15 @@ def present_current(mark: int = ZTUNNEL_SOCKET_MARK) -> bool:
         return True
     if not _loaded():
         return False
-    table = _open()
-    try:
+    with owned.held(_open(), "reading the ip6tables guard") as table:
         return _exact(table, mark)
-    except iptc.IPTCError as exc:
-        raise RedirectError(f"reading the ip6tables guard failed: {exc}") from exc
-    finally:
-        table.close()
 
 
 def apply_current(mark: int = ZTUNNEL_SOCKET_MARK) -> bool:
     """Put exactly our guard in the current netns; True if anything changed."""
     if not ipv6_available():
         return False
-    table = _open()
-    try:
+    with owned.held(_open(), "installing the ip6tables guard") as table:
         if _exact(table, mark):
             return False
         _clear(table)
@@ -176,10 +169,6 @@ def apply_current(mark: int = ZTUNNEL_SOCKET_MARK) -> bool:
             iptc.Chain(table, builtin).insert_rule(jump)
         table.commit()
         return True
-    except iptc.IPTCError as exc:
-        raise RedirectError(f"installing the ip6tables guard failed: {exc}") from exc
-    finally:
-        table.close()
 
 
 def remove_current() -> bool:
@@ -187,16 +176,11 @@ def remove_current() -> bool:
     anything of it was there."""
     if not ipv6_available() or not _loaded():
         return False
-    table = _open()
-    try:
+    with owned.held(_open(), "removing the ip6tables guard") as table:
         changed = _clear(table)
         if changed:
             table.commit()
         return changed
-    except iptc.IPTCError as exc:
-        raise RedirectError(f"removing the ip6tables guard failed: {exc}") from exc
-    finally:
-        table.close()
 
 
 def _clear(table: Any) -> bool:

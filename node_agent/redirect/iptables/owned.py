@@ -1,11 +1,27 @@
-"""What the ``nat`` plan and the IPv6 guard do alike to a table: take out what is ours."""
+"""What the ``nat`` plan and the IPv6 guard do alike to a table: hold a handle, take out what
+is ours."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import iptc
+
+from node_agent.errors import RedirectError
+
+
+@contextlib.contextmanager
+def held(table: Any, what: str) -> Iterator[Any]:
+    """``table`` (a fresh handle) for the ``with`` body, closed after it; libiptc's errors
+    become :class:`RedirectError` saying ``what`` failed."""
+    try:
+        yield table
+    except iptc.IPTCError as exc:
+        raise RedirectError(f"{what} failed: {exc}") from exc
+    finally:
+        table.close()
 
 
 def clear(table: Any, jumps: Iterable[tuple[str, Any]], chains: Iterable[str]) -> bool:
