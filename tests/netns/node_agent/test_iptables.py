@@ -143,17 +143,24 @@ def _connect(ns: str, dst: tuple[str, int], mark: int | None = None) -> socket.s
 SO_ORIGINAL_DST = 80
 
 
+@pytest.fixture
+def pod_and_peer(
+    netns_factory: Callable[[str], str], veth_pair: Callable[[str, str, str, str], None]
+) -> tuple[str, str]:
+    pod, peer = netns_factory("pod"), netns_factory("peer")
+    veth_pair(pod, peer, f"{POD_IP}/24", f"{PEER_IP}/24")
+    return pod, peer
+
+
 def _original_dst(conn: socket.socket) -> tuple[str, int]:
     raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     return socket.inet_ntoa(raw[4:8]), int.from_bytes(raw[2:4], "big")
 
 
 def test_traffic_is_redirected(
-    netns_factory: Callable[[str], str],
-    veth_pair: Callable[[str, str, str, str], None],
+    pod_and_peer: tuple[str, str],
 ) -> None:
-    pod, peer = netns_factory("pod"), netns_factory("peer")
-    veth_pair(pod, peer, f"{POD_IP}/24", f"{PEER_IP}/24")
+    pod, peer = pod_and_peer
     ipt.apply(path(pod), PLAN)
     out_l = _listener(pod, 15001)
     in_l = _listener(pod, 15006)
@@ -247,19 +254,15 @@ def test_ipv6_guard_matches_golden_is_repaired_and_removed(
 
 
 def test_dual_stack_socket_to_an_ipv4_address_is_captured(
-    netns_factory: Callable[[str], str],
-    veth_pair: Callable[[str, str, str, str], None],
+    pod_and_peer: tuple[str, str],
 ) -> None:
-    pod, peer = netns_factory("pod"), netns_factory("peer")
-    veth_pair(pod, peer, f"{POD_IP}/24", f"{PEER_IP}/24")
+    pod, _ = pod_and_peer
     ipt.apply(path(pod), PLAN)
     ipv6.check_dual_stack_socket_captured(pod, POD_IP, PEER_IP)
 
 
 def test_ipv6_proper_is_refused_both_ways(
-    netns_factory: Callable[[str], str],
-    veth_pair: Callable[[str, str, str, str], None],
+    pod_and_peer: tuple[str, str],
 ) -> None:
-    pod, peer = netns_factory("pod"), netns_factory("peer")
-    veth_pair(pod, peer, f"{POD_IP}/24", f"{PEER_IP}/24")
+    pod, peer = pod_and_peer
     ipv6.check_ipv6_refused_both_ways(pod, peer, lambda: ipt.apply(path(pod), PLAN))
