@@ -237,5 +237,3 @@ class MetricsServer(unixsock.Served):
     def _unlink(self) -> None:
         unixsock.unlink_if_ours(self.path, self._bound)
         self._bound = None
-
-

@@ -12,6 +12,7 @@ Invariants:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -105,15 +106,15 @@ def unlink_if_ours(path: str, bound: Bound | None) -> None:
         log.warning("could not remove the socket %s: %s", path, exc)
 
 
-class Served:
+class Served(abc.ABC):
     """The lifecycle shared by the agent's socket servers: ``start()`` and ``close()`` are
     theirs; ``serve(stop)`` and ``async with`` are built on them here."""
 
-    async def start(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def start(self) -> None: ...
 
-    async def close(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def close(self) -> None: ...
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set (or the task is cancelled), then close."""

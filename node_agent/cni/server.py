@@ -135,8 +135,6 @@ class CniServer(unixsock.Served):
                 )
                 await asyncio.wait(pending)
 
-
-
     @property
     def active_connections(self) -> int:
         return len(self._conns)
