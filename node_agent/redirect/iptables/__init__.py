@@ -225,12 +225,7 @@ def remove_current() -> bool:
 def remove_current_if_loaded() -> bool:
     """:func:`remove_current`, but only if this netns has a legacy ``nat`` table at all: opening
     one would create it (a pod redirected with eBPF then grows an empty iptables table)."""
-    try:
-        with open("/proc/thread-self/net/ip_tables_names") as f:
-            loaded = f.read().split()
-    except FileNotFoundError:  # no ip_tables in this kernel: no rules of ours either
-        return False
-    if TABLE in loaded:
+    if owned.loaded("ip_tables_names", TABLE):
         return remove_current()
     with _LOCK:
         return guard6.remove_current()

@@ -131,20 +131,11 @@ def _exact(table: Any, mark: int) -> bool:
     return True
 
 
-def _loaded() -> bool:
-    """Has this netns an ip6tables filter table at all (looking would create one)?"""
-    try:
-        with open("/proc/thread-self/net/ip6_tables_names") as f:
-            return TABLE in f.read().split()
-    except FileNotFoundError:
-        return False
-
-
 def present_current(mark: int = ZTUNNEL_SOCKET_MARK) -> bool:
     """Is exactly our guard in the current netns? (True without IPv6: nothing to guard.)"""
     if not ipv6_available():
         return True
-    if not _loaded():
+    if not owned.loaded("ip6_tables_names", TABLE):
         return False
     with owned.held(_open(), "reading the ip6tables guard") as table:
         return _exact(table, mark)
@@ -174,7 +165,7 @@ def apply_current(mark: int = ZTUNNEL_SOCKET_MARK) -> bool:
 def remove_current() -> bool:
     """Delete our guard from the current netns (loading no table that is not there); True if
     anything of it was there."""
-    if not ipv6_available() or not _loaded():
+    if not ipv6_available() or not owned.loaded("ip6_tables_names", TABLE):
         return False
     with owned.held(_open(), "removing the ip6tables guard") as table:
         changed = _clear(table)

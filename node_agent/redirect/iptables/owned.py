@@ -12,6 +12,16 @@ import iptc
 from node_agent.errors import RedirectError
 
 
+def loaded(names_file: str, table: str) -> bool:
+    """Has the calling thread's netns this legacy table at all? (``names_file``:
+    ``ip_tables_names`` or ``ip6_tables_names``.) Opening a table to look would create it."""
+    try:
+        with open(f"/proc/thread-self/net/{names_file}") as f:
+            return table in f.read().split()
+    except FileNotFoundError:  # that family's tables are not in this kernel: none of ours
+        return False
+
+
 @contextlib.contextmanager
 def held(table: Any, what: str) -> Iterator[Any]:
     """``table`` (a fresh handle) for the ``with`` body, closed after it; libiptc's errors
