@@ -1,7 +1,7 @@
 # nodemesh: the two commands a newcomer needs (run as root on Debian 12).
 #   make demo   installs what is missing, then runs `meshctl demo`
 #   make test   installs what is missing, then runs every test tier
-.PHONY: setup demo test lint unit netns e2e bench clean-local
+.PHONY: setup demo test lint unit fuzz netns e2e bench clean-local
 
 setup:
 	bash scripts/setup.sh
@@ -17,6 +17,9 @@ lint: setup
 
 unit: setup
 	bash scripts/test.sh unit
+
+fuzz: setup
+	bash scripts/test.sh fuzz
 
 netns: setup
 	bash scripts/test.sh netns

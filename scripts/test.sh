@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Runs the test tiers in order: lint (ruff, mypy --strict, import contracts), unit, netns (root),
-# e2e (root, whole local clusters). With arguments, only those tiers. Every tier must run: the
+# Runs the test tiers in order: lint (ruff, mypy --strict, import contracts), unit, fuzz (hypothesis
+# harnesses over every network- and user-facing parser, bounded in time), netns (root), e2e (root,
+# whole local clusters). With arguments, only those tiers. Every tier must run: the
 # root tiers fail (never skip) when not root, and a tier that collects no test fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 tiers=("$@")
-((${#tiers[@]})) || tiers=(lint unit netns e2e)
+((${#tiers[@]})) || tiers=(lint unit fuzz netns e2e)
 
 failed=()
 run_pytest() {
@@ -24,6 +25,9 @@ for tier in "${tiers[@]}"; do
       ruff check . && ruff format --check meshapi && mypy && lint-imports || failed+=(lint) ;;
     unit)
       run_pytest unit -q || failed+=(unit) ;;
+    fuzz)
+      # the statistics line of each harness says how many inputs it ran
+      run_pytest fuzz -q --hypothesis-show-statistics --timeout=900 || failed+=(fuzz) ;;
     netns|e2e)
       if [[ $(id -u) != 0 ]]; then echo "test.sh: tier '$tier' needs root" >&2; failed+=("$tier"); continue; fi
       # a crashed earlier run may have left a local cluster behind; tests need the names free.

@@ -128,6 +128,29 @@ class Metrics:
             ("type",),
             registry=r,
         )
+        self.rejected = Counter(
+            "nodemesh_ztunnel_rejected",
+            "Malformed or over-limit input rejected by a parser facing the network (HTTP/1.1 "
+            "inside a tunnel or on 15006, HBONE on 15008), by reason",
+            ("reason",),
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "nodemesh_ztunnel_event_loop_lag_seconds",
+            "How late the event loop ran the watchdog's last tick (a callback holding the loop "
+            "shows here)",
+            registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "nodemesh_ztunnel_event_loop_lag_max_seconds",
+            "The largest event-loop lag seen since the ztunnel started",
+            registry=r,
+        )
+        self.loop_stalls = Counter(
+            "nodemesh_ztunnel_event_loop_stalls",
+            "Ticks of the watchdog that came more than the stall threshold (100 ms) late",
+            registry=r,
+        )
         self.pods_served = Gauge(
             "nodemesh_ztunnel_pods_served", "Pods this ztunnel serves", registry=r
         )
@@ -165,6 +188,10 @@ class Metrics:
     def refuse(self, direction: str, reason: str) -> None:
         self.refused.labels(direction, reason).inc()
 
+    def reject(self, reason: str) -> None:
+        """One input rejected by a network-facing parser; ``reason`` is from a fixed set."""
+        self.rejected.labels(reason).inc()
+
 
 class HboneEvents:
     """``HboneServerEvents`` for the HBONE server: each refusal is counted and logged."""
@@ -175,4 +202,5 @@ class HboneEvents:
 
     def refused(self, reason: str, peer: object) -> None:
         self._metrics.hbone_refusals.labels(reason).inc()
+        self._metrics.reject(f"hbone_{reason}")
         log.warning("HBONE refused for pod %s from %s: %s", self._pod, peer, reason)
