@@ -1,8 +1,9 @@
 """The ztunnel's composition root (STYLE.md 4): builds everything from a :class:`Config` and runs
 it in one :class:`asyncio.TaskGroup` on uvloop.
 
-Tasks: the discovery client, the certificate store's renewals, the ZDS server, and the admin,
-metrics (with the node agent's, read from its socket on each scrape) and readiness endpoints.
+Tasks: the discovery client, the certificate store's renewals, the ZDS server, the admin,
+metrics (with the node agent's, read from its socket on each scrape) and readiness endpoints, and
+the event-loop watchdog (``ztunnel.loopwatch``).
 Readiness: discovery has synced once and the ZDS server listens.
 
 Drain on SIGTERM/SIGINT: stop the ZDS server (no more pods), close every pod's listeners and
@@ -30,6 +31,7 @@ from ztunnel.discovery import DiscoveryClient
 from ztunnel.hbone.client import HbonePool
 from ztunnel.hbone.server import HboneServer
 from ztunnel.inbound import InboundHandler, PlaintextInbound
+from ztunnel.loopwatch import LoopWatchdog
 from ztunnel.metrics import HboneEvents, Metrics
 from ztunnel.netns import NetnsExecutor
 from ztunnel.outbound import OutboundProxy
@@ -121,6 +123,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                                        *config.metrics), name="metrics")
             tg.create_task(admin.serve(admin.readiness_app(ready), *config.readiness),
                            name="readiness")
+            tg.create_task(LoopWatchdog(metrics).run(), name="loopwatch")
             tg.create_task(wait_stop(), name="stop")
     except* _Stop:
         log.info("draining")
