@@ -214,3 +214,54 @@ def cluster(
         yield c
     finally:
         c.meshctl("local", "down", check=False, timeout=120)
+
+
+# --- policy: applied for one test, removed after it -----------------------------------------
+
+
+def authz(name: str, spec: str, ns: str = "default", annotations: str = "") -> str:
+    return (f"apiVersion: security.nodemesh.io/v1\nkind: AuthorizationPolicy\n"
+            f"metadata:\n  name: {name}\n  namespace: {ns}\n{annotations}spec:\n{spec}")
+
+
+def peer_authn(name: str, mode: str, ns: str = "default") -> str:
+    return (f"apiVersion: security.nodemesh.io/v1\nkind: PeerAuthentication\n"
+            f"metadata: {{name: {name}, namespace: {ns}}}\nspec:\n  mtls: {{mode: {mode}}}\n")
+
+
+class Applied:
+    def __init__(self, cluster: Cluster, tmp_path: Path) -> None:
+        self.cluster = cluster
+        self.tmp_path = tmp_path
+        self.files: list[Path] = []
+
+    def __call__(self, text: str) -> None:
+        f = self.tmp_path / f"policy-{len(self.files)}.yaml"
+        f.write_text(text)
+        self.cluster.meshctl("apply", "-f", str(f))
+        self.files.append(f)
+
+    def remove_all(self) -> None:
+        for f in reversed(self.files):
+            self.cluster.meshctl("delete", "-f", str(f), check=False)
+        self.files.clear()
+
+
+@pytest.fixture
+def applied(cluster: Cluster, tmp_path: Path) -> Iterator[Applied]:
+    a = Applied(cluster, tmp_path)
+    try:
+        yield a
+    finally:
+        a.remove_all()
+        # the rest of the suite expects no policy on any node
+        poll("policies removed everywhere", lambda: status()["authorizationPolicies"] == 0
+             and status()["peerAuthentications"] == 0)
+        server = cluster.ip("server-1")
+        poll("client reaches server-1 again",
+             lambda: cluster.get_json("client", f"http://{server}:8080/"))
+
+
+def status() -> dict[str, Any]:
+    with urllib.request.urlopen("http://10.77.0.1:15014/debug/status", timeout=5) as resp:
+        return dict(json.loads(resp.read()))
