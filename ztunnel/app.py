@@ -68,9 +68,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     executor = NetnsExecutor()
     fetcher = ControllerCertFetcher(config.controller, config.ca_root, config.token_file)
     certs = CertificateStore(fetcher, config.trust_domain)
-    pool = HbonePool(certs, connect_timeout=config.connect_timeout)
-    outbound = OutboundProxy(view=view, pool=pool, executor=executor, metrics=metrics,
-                             connlog=connlog, connect_timeout=config.connect_timeout)
+    outbound = OutboundProxy(view=view, executor=executor, metrics=metrics, connlog=connlog,
+                             connect_timeout=config.connect_timeout)
 
     def hbone_server(pod: PodRuntime, context: ssl.SSLContext) -> HboneListener:
         handler = InboundHandler(pod=pod, view=view, executor=executor, metrics=metrics,
@@ -90,6 +89,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             hbone_server=hbone_server,
         ),
         metrics=metrics,
+        # one pool per pod: a tunnel starts in its own pod's netns, from its IP (DESIGN)
+        pool_factory=lambda: HbonePool(certs, connect_timeout=config.connect_timeout),
     )
     discovery = DiscoveryClient(controller=config.controller, ca_root=config.ca_root,
                                 token_file=config.token_file, view=view, metrics=metrics)
@@ -129,7 +130,6 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         log.info("draining")
     finally:
         await _drain(pods, config.drain_seconds)
-        await pool.close()
         executor.close()
 
 

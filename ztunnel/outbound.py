@@ -18,12 +18,17 @@ import struct
 from typing import cast
 
 from ztunnel.connlog import ConnLog, ConnRecord
-from ztunnel.errors import HboneError, HboneStatusError, OriginalDestinationError
+from ztunnel.errors import (
+    HboneConnectError,
+    HboneError,
+    HboneStatusError,
+    OriginalDestinationError,
+)
 from ztunnel.metrics import ConnLabels, Metrics, destination_labels, source_labels
 from ztunnel.netns import NetnsExecutor, connect_marked, set_rst_on_close
 from ztunnel.routing import Passthrough, Refuse, RoundRobin, ViaHbone, decide
 from ztunnel.runtime import PodRuntime
-from ztunnel.seams import MeshView, StreamPool
+from ztunnel.seams import MeshView
 from ztunnel.splice import Splice, SpliceResult, SpliceSide
 
 log = logging.getLogger("ztunnel.outbound")
@@ -66,20 +71,19 @@ def _addr(value: object) -> str:
 
 
 class OutboundProxy:
-    """Shared by all pods' 15001 listeners."""
+    """Shared by all pods' 15001 listeners; each pod's tunnels go through its own pool
+    (``PodRuntime.pool``), never another pod's."""
 
     def __init__(
         self,
         *,
         view: MeshView,
-        pool: StreamPool,
         executor: NetnsExecutor,
         metrics: Metrics,
         connlog: ConnLog,
         connect_timeout: float = 5.0,
     ) -> None:
         self._view = view
-        self._pool = pool
         self._executor = executor
         self._metrics = metrics
         self._connlog = connlog
@@ -186,7 +190,10 @@ class OutboundProxy:
         async def connect_socket(addr: tuple[str, int]) -> socket.socket:
             return await connect_marked(self._executor, pod.netns_fd, addr, self._connect_timeout)
 
-        stream = await self._pool.open_stream(
+        pool = pod.pool
+        if pool is None:
+            raise HboneConnectError(f"pod {pod.uid} is being removed: it has no HBONE pool")
+        stream = await pool.open_stream(
             src=pod.workload.identity,
             dst=decision.workload.identity,
             peer=decision.peer,

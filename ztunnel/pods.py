@@ -9,8 +9,10 @@ Adding a pod (from the ZDS server):
 
 The add is complete (and the agent acked) only once the listeners are bound and serving.
 Re-adding a served pod builds the new one first, then tears the old one down.
-Deleting a pod closes its listeners, its HBONE server, its connections and tasks, its netns fd,
-and releases its certificate.
+Each pod gets its own HBONE pool (``pool_factory``) before its listeners serve, so a tunnel is
+always opened from the pod's own netns and IP and never shared with another pod.
+Deleting a pod closes its listeners, its HBONE server, its connections and tasks, its HBONE
+pool, its netns fd, and releases its certificate.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ztunnel.errors import CertError, NetnsError, PodError
 from ztunnel.metrics import Metrics
 from ztunnel.netns import NetnsExecutor, listening_sockets
 from ztunnel.runtime import PodRuntime
-from ztunnel.seams import CertSource, HboneListener
+from ztunnel.seams import CertSource, HboneListener, StreamPool
 
 log = logging.getLogger("ztunnel.pods")
 
@@ -73,11 +75,13 @@ class PodManager:
         certs: CertSource,
         handlers: PodHandlers,
         metrics: Metrics,
+        pool_factory: Callable[[], StreamPool],
         ports: tuple[int, int, int] = POD_PORTS,
     ) -> None:
         self._executor = executor
         self._certs = certs
         self._handlers = handlers
+        self._pool_factory = pool_factory
         self._metrics = metrics
         self._ports = ports
         self._pods: dict[str, ServedPod] = {}
@@ -166,7 +170,7 @@ class PodManager:
                 f"cannot open listeners for pod {workload.namespace}/{workload.name} "
                 f"in its netns: {exc}"
             ) from exc
-        runtime = PodRuntime(workload, netns_fd)
+        runtime = PodRuntime(workload, netns_fd, pool=self._pool_factory())
         out_sock, plain_sock, hbone_sock = socks
         loop = asyncio.get_running_loop()
         servers: list[asyncio.Server] = []
@@ -189,6 +193,7 @@ class PodManager:
                     _close(sock)
             if hbone is not None:
                 await hbone.close()
+            await _close_pool(runtime)
             raise
         return ServedPod(runtime, servers, hbone, ino)
 
@@ -198,6 +203,7 @@ class PodManager:
         with contextlib.suppress(Exception):
             await pod.hbone.close()
         await pod.runtime.close_connections(f"pod {reason}")
+        await _close_pool(pod.runtime)
         for server in pod.servers:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
@@ -205,6 +211,15 @@ class PodManager:
         self._executor.forget(pod.runtime.netns_fd)
         os.close(pod.runtime.netns_fd)
         self._certs.release(pod.workload.identity)
+
+
+async def _close_pool(runtime: PodRuntime) -> None:
+    pool, runtime.pool = runtime.pool, None
+    if pool is not None:
+        try:
+            await pool.close()
+        except Exception:  # the pod is going anyway; say so rather than fail the delete
+            log.exception("closing the HBONE pool of pod %s failed", runtime.uid)
 
 
 def _close(sock: socket.socket) -> None:

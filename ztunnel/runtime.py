@@ -6,6 +6,10 @@ Invariants:
   the pod manager closes it; handlers only borrow it.
 * Every task a handler starts is in the pod's :class:`TaskSet` and every live splice in its
   ``splices`` set, so deleting the pod cancels and aborts all of them: nothing outlives the pod.
+* The pod owns its HBONE pool (``pool``): every tunnel it opens starts in this pod's netns from
+  this pod's IP, and no other pod's connection ever rides it, whatever identity the two pods
+  share (the destination sees, authorizes and counts each pod by its own address). The pod
+  manager closes the pool when the pod goes, after its connections.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshapi.model import Workload
+from ztunnel.seams import StreamPool
 from ztunnel.splice import Splice
 
 log = logging.getLogger("ztunnel.pods")
@@ -66,6 +71,8 @@ class TaskSet:
 class PodRuntime:
     workload: Workload
     netns_fd: int
+    #: this pod's own HBONE pool (set by the pod manager before any listener serves)
+    pool: StreamPool | None = None
     tasks: TaskSet = field(init=False)
     splices: set[Splice] = field(default_factory=set)
     closing: bool = False

@@ -62,6 +62,8 @@ class StreamPool(Protocol):
         headers: Sequence[tuple[str, str]] = (),
     ) -> asyncio.Transport: ...
 
+    async def close(self) -> None: ...
+
 
 class HboneListener(Protocol):
     """``ztunnel.hbone.server.HboneServer``."""

@@ -203,7 +203,8 @@ def cluster(
     c = Cluster(tmp_path_factory.mktemp(f"cluster-{mode}") / "state", mode)
     c.meshctl("local", "down", timeout=120)
     try:
-        c.meshctl("local", "up", "--pods-per-node", "1", "--workload-cert-ttl", str(CERT_TTL),
+        # two app pods per node: one identity (sa app) twice on each node, as real nodes have
+        c.meshctl("local", "up", "--pods-per-node", "2", "--workload-cert-ttl", str(CERT_TTL),
                   "--redirect-mode", mode, timeout=300)
         for name, pod in c.pods().items():
             if pod["enrolled"]:

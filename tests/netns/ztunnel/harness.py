@@ -51,8 +51,7 @@ class Ztunnel:
         self.view = MeshView()
         self.executor = NetnsExecutor()
         self.certs = CertificateStore(self.ca, TD)
-        self.pool = HbonePool(self.certs, connect_timeout=5.0)
-        self.outbound = OutboundProxy(view=self.view, pool=self.pool, executor=self.executor,
+        self.outbound = OutboundProxy(view=self.view, executor=self.executor,
                                       metrics=self.metrics, connlog=self.connlog)
 
         def hbone_server(pod: PodRuntime, context: object) -> HboneListener:
@@ -67,6 +66,7 @@ class Ztunnel:
             handlers=PodHandlers(self.outbound.protocol_factory,
                                  lambda pod: PlaintextInbound(pod, self.metrics), hbone_server),
             metrics=self.metrics,
+            pool_factory=lambda: HbonePool(self.certs, connect_timeout=5.0),
         )
 
     def set_workloads(self, *workloads: Workload) -> None:
@@ -75,7 +75,6 @@ class Ztunnel:
 
     async def close(self) -> None:
         await self.pods.close()
-        await self.pool.close()
         self.executor.close()
 
     def sample(self, name: str, **labels: str) -> float:

@@ -30,7 +30,7 @@ from ztunnel.zds import ZdsServer, recv_packet
 pytestmark = pytest.mark.root
 
 NetnsFactory = Callable[[str], str]
-VethPair = Callable[[str, str, str, str], None]
+VethPair = Callable[..., None]
 
 
 @pytest.fixture
@@ -202,6 +202,50 @@ async def test_hbone_end_to_end_between_two_pods(
                     await asyncio.get_running_loop().sock_recv(plain, 10)
         assert zt.sample("nodemesh_ztunnel_refused_connections_total",
                          direction="inbound", reason="plaintext_strict") == 1
+    finally:
+        app.close()
+
+
+async def _connect_and_hold(zt: Ztunnel, ns: str, addr: tuple[str, int]) -> socket.socket:
+    client = await app_connect(zt.executor, ns, addr)
+    assert await roundtrip(client, b"hello") == b"hello"
+    return client
+
+
+@pytest.mark.parametrize("first", ["alice-1", "alice-2"])
+async def test_two_pods_of_one_identity_each_tunnel_from_their_own_ip(
+    zt: Ztunnel, netns_factory: NetnsFactory, veth_pair: VethPair, first: str
+) -> None:
+    """Two pods with one service account on one node: each pod's connection reaches the
+    destination from its own IP (never on the other pod's tunnel), in either order, and
+    deleting one pod leaves the other's established connection working."""
+    a1_ns, a2_ns, b_ns = netns_factory("a1"), netns_factory("a2"), netns_factory("b")
+    veth_pair(a1_ns, b_ns, "10.91.0.1/24", "10.91.0.2/24")
+    veth_pair(a2_ns, b_ns, "10.92.0.1/24", "10.92.0.2/24", dev_b="eth1")
+    sh(a2_ns, "ip", "route", "add", "10.91.0.2/32", "via", "10.92.0.2")
+    pods = {"alice-1": workload("alice-1", "10.91.0.1", sa="alice"),
+            "alice-2": workload("alice-2", "10.92.0.1", sa="alice")}
+    netns = {"alice-1": a1_ns, "alice-2": a2_ns}
+    b = workload("bob", "10.91.0.2")
+    zt.set_workloads(*pods.values(), b)
+    for name, w in pods.items():
+        await zt.pods.add(w, netns_fd(netns[name]))
+        sh(netns[name], *CAPTURE)
+    await zt.pods.add(b, netns_fd(b_ns))
+    app = await echo_server(zt.executor, b_ns, 8080)
+    second = "alice-2" if first == "alice-1" else "alice-1"
+    try:
+        held = await _connect_and_hold(zt, netns[first], ("10.91.0.2", 8080))
+        other = await _connect_and_hold(zt, netns[second], ("10.91.0.2", 8080))
+        inbound = [r for r in zt.connlog.recent(10) if r["direction"] == "inbound"]
+        by_src = sorted(r["src"].split(":")[0] for r in inbound)
+        assert by_src == ["10.91.0.1", "10.92.0.1"], inbound
+        assert {r["srcIdentity"] for r in inbound} == {str(pods[first].identity)}
+        # the pod that connected first goes away; the other's tunnel is its own
+        await zt.pods.delete(str(pods[first].uid))
+        held.close()
+        with other:
+            assert await roundtrip(other, b"still here") == b"still here"
     finally:
         app.close()
 
