@@ -4,6 +4,7 @@ pod's netns, driven by maps keyed by the pod's netns cookie.
 Layout under ``/sys/fs/bpf/nodemesh/<node>/`` (``pin_dir``)::
 
     maps/nm_*                 every map of bpf/lib/maps.h
+    progs-<pid>/<prog>        only while the agent starts: the programs the BCC child loaded
     links/<prog>              connect4, sock_ops and getsockopt attached to the node's cgroup;
                               nm_sk_msg attached to maps/nm_hops (only with ``sockmap``)
     pods/<netns cookie>       the sk_lookup link of one enrolled pod's netns
@@ -153,7 +154,8 @@ class EbpfRedirector:
         self._sk_lookup_fd = sk_lookup_fd
         self._maps = maps
         self._cookies: dict[str, int] = {}  # netns path → cookie, to clean up after the netns went
-        self.loaded: object = None  # the loaded programs: their fds stay open while we live
+        #: the loaded programs (``loader.Pinned``): their fds stay open while we live
+        self.loaded: object = None
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -175,7 +177,9 @@ class EbpfRedirector:
         d = pin_dir(node, root)
         for sub in ("maps", "links", "pods"):
             (d / sub).mkdir(parents=True, exist_ok=True)
-        loaded = loader.load(source_dir or loader.default_source_dir(), d / "maps", sockmap=sockmap)
+        # BCC (and LLVM with it) lives only in a short-lived child: this process stays lean
+        loaded = loader.load_in_child(source_dir or loader.default_source_dir(), d / "maps",
+                                      d / f"progs-{os.getpid()}", sockmap=sockmap)
         maps = {name: bpfsys.obj_get(d / "maps" / name) for name in k.MAPS}
         sk_msg_pin = d / "links" / "nm_sk_msg"
         if sockmap:
@@ -201,6 +205,17 @@ class EbpfRedirector:
         log.info("eBPF programs %s attached to %s (pins in %s; sockmap %s)", loaded.digest, cgroup,
                  d, "on" if sockmap else "off")
         return self
+
+    def close(self) -> None:
+        """Close our program and map fds, as the agent's exit would: the pins and links keep
+        every pod redirected."""
+        close = getattr(self.loaded, "close", None)
+        if close is not None:
+            close()
+        for fd in self._maps.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._maps = {}
 
     # -- one pod ------------------------------------------------------------------------------
 

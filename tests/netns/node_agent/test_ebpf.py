@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import itertools
+import json
 import os
 import shutil
 import socket
 import struct
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -259,6 +261,27 @@ def test_unenrolled_pod_is_untouched_and_remove_leaves_nothing(
         app_l.close()
 
 
+def test_the_agent_never_holds_bcc_or_llvm(node: str) -> None:
+    """The programs are compiled by a short-lived child; the process that runs the redirector
+    (the agent) neither imports bcc nor maps libbcc/LLVM, and no program pin is left behind."""
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from node_agent.redirect import ebpf\n"
+        f"red = ebpf.EbpfRedirector.start({node!r}, Path({str(own_cgroup())!r}), None, "
+        f"Path({str(ROOT)!r}))\n"
+        "maps = Path('/proc/self/maps').read_text()\n"
+        "print(json.dumps({'bcc': 'bcc' in sys.modules, 'libbcc': 'libbcc' in maps,"
+        " 'llvm': 'LLVM' in maps, 'dir': [p.name for p in red.dir.iterdir()]}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not seen["bcc"] and not seen["libbcc"] and not seen["llvm"], seen
+    assert sorted(seen["dir"]) == ["links", "maps", "pods"], seen
+
+
 def test_established_connection_survives_restart(node: str, pod_and_peer: tuple[str, str]) -> None:
     pod, _peer = pod_and_peer
     red = start(node)
@@ -267,7 +290,7 @@ def test_established_connection_survives_restart(node: str, pod_and_peer: tuple[
     try:
         c = connect(pod, (PEER_IP, 8080))
         conn, _ = out_l.accept()
-        red.loaded.bpf.cleanup()  # type: ignore[attr-defined]
+        red.close()
         del red  # the agent is gone: only pins hold the programs and maps
         red2 = start(node)  # a new agent: loads again, moves the links, keeps the maps
         assert red2.read_blocking(path(pod)) == PLAN
@@ -466,7 +489,7 @@ def test_restarts_keep_or_drop_the_acceleration(
 ) -> None:
     pod, _ = pod_and_peer
     red = start_enrolled(node, pod, sockmap=True)
-    red.loaded.bpf.cleanup()  # type: ignore[attr-defined]
+    red.close()
     red = start_enrolled(node, pod, sockmap=True)  # a restart with it: the pinned link moves
     out_l = listener(pod, 15001)
     try:
@@ -477,7 +500,7 @@ def test_restarts_keep_or_drop_the_acceleration(
         assert bytes_acked(app) < 100000
         app.close()
         zt.close()
-        red.loaded.bpf.cleanup()  # type: ignore[attr-defined]
+        red.close()
         red = start_enrolled(node, pod, sockmap=False)  # an agent restarted without the option
         assert not (red.dir / "links" / "nm_sk_msg").exists()
         app, zt = hop(pod, out_l)
