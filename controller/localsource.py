@@ -1,8 +1,10 @@
 """The local-directory config source: Kubernetes-shaped YAML files in ``--config-dir``, watched.
 
-The directory is polled (every ``poll_interval`` seconds) on a cheap signature per file
-(name, mtime_ns, size, inode); only files whose signature changed are re-read and re-parsed, and
-translation runs only when something changed. ``*.yaml``/``*.yml`` files (hidden ones ignored),
+The directory is rescanned as soon as inotify reports a change in it (``controller.dirwatch``;
+every ``rescan_interval`` seconds as a safety net, or every ``poll_interval`` seconds where
+inotify is unavailable), on a cheap signature per file (name, mtime_ns, size, inode); only files
+whose signature changed are re-read and re-parsed, and translation runs only when something
+changed. ``*.yaml``/``*.yml`` files (hidden ones ignored),
 multi-document. A file that cannot be read or parsed keeps the last good version of all its
 objects in force; see :mod:`controller.translate` for per-object rules.
 """
@@ -20,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from controller.dirwatch import DirWatch, WatchUnavailable, open_watch
 from controller.metrics import Metrics
 from controller.source import IssueLog
 from controller.translate import (
@@ -79,6 +82,7 @@ class LocalSource:
         metrics: Metrics,
         poll_interval: float = 0.25,
         root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+        rescan_interval: float = 5.0,
     ) -> None:
         self._dir = directory
         self._root_namespace = root_namespace
@@ -86,6 +90,7 @@ class LocalSource:
         self._on_change = on_change
         self._metrics = metrics
         self._poll_interval = poll_interval
+        self._rescan_interval = rescan_interval
         self._files: dict[str, FileContent] = {}
         self._dir_issue: ConfigIssue | None = None
         self._last_good: dict[ObjectKey, Accepted] = {}
@@ -193,8 +198,28 @@ class LocalSource:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until ``stop`` is set."""
-        while not stop.is_set():
-            self.poll_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._poll_interval)
+        """Rescan on every change inotify reports (and every ``rescan_interval`` as a safety
+        net), or every ``poll_interval`` where inotify is unavailable, until ``stop`` is set."""
+        try:
+            watch: DirWatch | None = open_watch(self._dir)
+        except WatchUnavailable as exc:
+            log.warning("watching %s with inotify failed (%s); polling every %.2f s instead",
+                        self._dir, exc, self._poll_interval)
+            watch = None
+        if watch is None:
+            while not stop.is_set():
+                self.poll_once()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._poll_interval)
+            return
+        stopper = asyncio.create_task(stop.wait(), name="localsource-stop")
+        stopper.add_done_callback(lambda _: watch.wake())
+        try:
+            while not stop.is_set():
+                self.poll_once()
+                await watch.wait(self._rescan_interval)
+        finally:
+            stopper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopper
+            watch.close()

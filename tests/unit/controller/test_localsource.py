@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -82,3 +84,32 @@ def test_duplicate_across_files(tmp_path: Path) -> None:
     (err,) = src.errors
     assert err.source.endswith("a.yaml") and "b.yaml" in err.message
     assert str(sink.last.workloads["u1"].ip) == "10.78.1.2"
+
+
+async def _until(cond: Callable[[], bool], seconds: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+async def test_run_sees_a_change_at_once_with_inotify_not_at_the_next_poll(
+        tmp_path: Path) -> None:
+    """The polls are a minute apart here: only inotify can make the change show in time."""
+    sink = Sink()
+    src = LocalSource(tmp_path, "cluster.local", sink, Metrics(), poll_interval=60.0,
+                      rescan_interval=60.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(src.run(stop))
+    try:
+        assert await _until(lambda: src.loaded, 5.0)
+        tmp = tmp_path / ".a.yaml.tmp"  # as meshctl apply writes: a hidden file renamed in
+        write(tmp, pod(uid="u1"))
+        os.replace(tmp, tmp_path / "a.yaml")
+        assert await _until(lambda: bool(sink.results) and "u1" in sink.last.workloads, 2.0)
+    finally:
+        stop.set()
+        async with asyncio.timeout(5):
+            await task  # stop wakes the watcher: no wait for the rescan interval
