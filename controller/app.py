@@ -89,7 +89,8 @@ class Controller:
     def __init__(self, config: Config, *, kube_client: KubeClient | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.hub = DiscoveryHub(self.metrics, root_namespace=config.root_namespace)
+        self.hub = DiscoveryHub(self.metrics, root_namespace=config.root_namespace,
+                                path_normalization=config.path_normalization)
         #: see Translation.scheduled: who may request which identity
         self.scheduled: frozenset[tuple[str, str, str]] = frozenset()
         self.ca: CertificateAuthority | None = None

@@ -16,6 +16,7 @@ from controller import config as c
 from controller.auth import ServiceAccountRef
 from controller.errors import StartupError
 from meshapi.errors import IdentityError
+from meshapi.httppath import DEFAULT_PATH_NORMALIZATION, PathNormalization, parse_mode
 from meshapi.ids import SpiffeId, is_dns_label, is_dns_subdomain
 
 
@@ -132,6 +133,13 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "namespace whose policies apply mesh-wide",
         "nodemesh-system",
     )
+    opt(
+        "--path-normalization",
+        c.ENV_PATH_NORMALIZATION,
+        "how L7 policy normalizes request paths, mesh-wide: "
+        + ", ".join(m.value for m in PathNormalization),
+        DEFAULT_PATH_NORMALIZATION.value,
+    )
     opt("--log-level", c.ENV_LOG_LEVEL, "DEBUG, INFO, WARNING", "INFO")
     return p
 
@@ -159,6 +167,10 @@ def parse_config(
         parser.error(f"--trust-domain: {exc}")
     if not is_dns_label(ns.root_namespace):
         parser.error(f"--root-namespace: {ns.root_namespace!r} is not a namespace name")
+    try:
+        path_normalization = parse_mode(ns.path_normalization)
+    except ValueError as exc:
+        parser.error(f"--path-normalization: {exc}")
     if (ns.ca_cert is None) != (ns.ca_key is None):
         parser.error("--ca-cert and --ca-key go together")
     if ns.ca_chain is not None and ns.ca_cert is None:
@@ -229,6 +241,7 @@ def parse_config(
         api_sans=tuple(ns.api_san if ns.api_san else ns.env_sans),
         trust_domain=ns.trust_domain,
         root_namespace=ns.root_namespace,
+        path_normalization=path_normalization,
         workload_cert_ttl_seconds=ttl,
         log_level=str(ns.log_level).upper(),
     )

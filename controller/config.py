@@ -19,6 +19,7 @@ from meshapi.constants import (
     DEFAULT_TRUST_DOMAIN,
     DEFAULT_WORKLOAD_CERT_TTL_SECONDS,
 )
+from meshapi.httppath import DEFAULT_PATH_NORMALIZATION, PathNormalization
 
 ENV_CONFIG_DIR: Final = "NODEMESH_CONTROLLER_CONFIG_DIR"
 ENV_STATE_DIR: Final = "NODEMESH_CONTROLLER_STATE_DIR"
@@ -34,6 +35,7 @@ ENV_TRUST_DOMAIN: Final = "NODEMESH_CONTROLLER_TRUST_DOMAIN"
 ENV_WORKLOAD_CERT_TTL: Final = "NODEMESH_CONTROLLER_WORKLOAD_CERT_TTL"
 ENV_LOG_LEVEL: Final = "NODEMESH_CONTROLLER_LOG_LEVEL"
 ENV_ROOT_NAMESPACE: Final = "NODEMESH_CONTROLLER_ROOT_NAMESPACE"
+ENV_PATH_NORMALIZATION: Final = "NODEMESH_CONTROLLER_PATH_NORMALIZATION"
 ENV_SOURCE: Final = "NODEMESH_CONTROLLER_SOURCE"
 ENV_KUBECONFIG: Final = "NODEMESH_CONTROLLER_KUBECONFIG"
 #: set by the Deployment from the downward API (metadata.namespace / metadata.name)
@@ -104,6 +106,8 @@ class Config:
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     #: policies in this namespace apply mesh-wide (sent to nodes in every snapshot)
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    #: how L7 policy normalizes request paths, mesh-wide (sent to nodes in every snapshot)
+    path_normalization: PathNormalization = DEFAULT_PATH_NORMALIZATION
     workload_cert_ttl_seconds: int = DEFAULT_WORKLOAD_CERT_TTL_SECONDS
     #: how often the config dir and the node tokens dir are polled for changes
     poll_interval_seconds: float = 0.25

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from controller.metrics import Metrics
 from meshapi.constants import DEFAULT_ROOT_NAMESPACE
 from meshapi.discovery import Delta, Heartbeat, Snapshot, diff_to_delta
+from meshapi.httppath import DEFAULT_PATH_NORMALIZATION, PathNormalization
 from meshapi.ids import NodeName
 from meshapi.model import Service, Workload
 from meshapi.policy import AuthorizationPolicy, PeerAuthentication
@@ -69,9 +70,11 @@ class DiscoveryHub:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         epoch: str | None = None,
         root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+        path_normalization: PathNormalization = DEFAULT_PATH_NORMALIZATION,
     ) -> None:
         self.epoch = epoch or secrets.token_hex(8)
         self.root_namespace = root_namespace
+        self.path_normalization = path_normalization
         self.version = 0
         self.workloads: dict[str, Workload] = {}
         self.services: dict[str, Service] = {}
@@ -164,6 +167,7 @@ class DiscoveryHub:
             tuple(p for _, p in sorted(self.authorization_policies.items())),
             tuple(p for _, p in sorted(self.peer_authentications.items())),
             self.root_namespace,
+            self.path_normalization,
         )
 
     def heartbeat(self) -> bytes:

@@ -7,9 +7,10 @@ Transport (owned by the controller and the node components, not by this module):
 Messages:
 
 * ``{"type": "snapshot", "epoch": E, "version": V, "workloads": [...], "services": [...],
-  "authorizationPolicies": [...], "peerAuthentications": [...], "rootNamespace": NS}``
-  replaces everything the node knew (the policy lists may be absent: empty; ``rootNamespace``
-  absent: ``nodemesh-system``).
+  "authorizationPolicies": [...], "peerAuthentications": [...], "rootNamespace": NS,
+  "pathNormalization": MODE}`` replaces everything the node knew (the policy lists may be
+  absent: empty; ``rootNamespace`` absent: ``nodemesh-system``; ``pathNormalization``, the
+  mesh-wide path normalization of L7 policy (:mod:`meshapi.httppath`), absent: its default).
 * ``{"type": "delta", "epoch": E, "version": V, "upsert": {"workloads": [...], "services":
   [...], "authorizationPolicies": [...], "peerAuthentications": [...]}, "remove": {"workloads":
   [uid...], "services": ["ns/name"...], "authorizationPolicies": ["ns/name"...],
@@ -35,6 +36,7 @@ from typing import Any, Literal, TypeVar
 from meshapi import wire
 from meshapi.constants import DEFAULT_ROOT_NAMESPACE
 from meshapi.errors import WireError
+from meshapi.httppath import DEFAULT_PATH_NORMALIZATION, PathNormalization, parse_mode
 from meshapi.ids import ServiceKey, is_dns_label
 from meshapi.model import Service, Workload
 from meshapi.policy import AuthorizationPolicy, PeerAuthentication
@@ -57,6 +59,8 @@ class Snapshot:
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     #: policies in this namespace apply mesh-wide (fixed per controller process, so per epoch)
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    #: how L7 policy normalizes request paths, mesh-wide (fixed per controller process)
+    path_normalization: PathNormalization = DEFAULT_PATH_NORMALIZATION
     type: Literal["snapshot"] = "snapshot"
 
     def to_wire(self) -> dict[str, Any]:
@@ -69,6 +73,7 @@ class Snapshot:
             "authorizationPolicies": [p.to_wire() for p in self.authorization_policies],
             "peerAuthentications": [p.to_wire() for p in self.peer_authentications],
             "rootNamespace": self.root_namespace,
+            "pathNormalization": self.path_normalization.value,
         }
 
 
@@ -140,6 +145,7 @@ def decode(value: object) -> Message:
                 obj.get("peerAuthentications", []), "peerAuthentications"
             ),
             root_namespace=_root_namespace(obj),
+            path_normalization=_path_normalization(obj),
         )
     if kind == "delta":
         upsert = wire.as_mapping(obj.get("upsert", {}), "upsert")
@@ -218,6 +224,14 @@ def _root_namespace(obj: Mapping[str, Any]) -> str:
     return value
 
 
+def _path_normalization(obj: Mapping[str, Any]) -> PathNormalization:
+    value = wire.opt_str(obj, "pathNormalization", "", DEFAULT_PATH_NORMALIZATION.value)
+    try:
+        return parse_mode(value)
+    except ValueError as exc:
+        raise WireError("pathNormalization", str(exc)) from None
+
+
 def _strings(value: object, path: str) -> tuple[str, ...]:
     items = wire.as_list(value, path)
     for i, item in enumerate(items):
@@ -253,6 +267,7 @@ class DiscoveryState:
     authorization_policies: dict[str, AuthorizationPolicy] = field(default_factory=dict)
     peer_authentications: dict[str, PeerAuthentication] = field(default_factory=dict)
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    path_normalization: PathNormalization = DEFAULT_PATH_NORMALIZATION
 
     def resume_params(self) -> Mapping[str, str]:
         if not self.synced:
@@ -287,6 +302,7 @@ class DiscoveryState:
             self.authorization_policies = {p.key: p for p in message.authorization_policies}
             self.peer_authentications = {p.key: p for p in message.peer_authentications}
             self.root_namespace = message.root_namespace
+            self.path_normalization = message.path_normalization
             self.epoch, self.version, self.synced = message.epoch, message.version, True
             return Change(
                 workloads=_diff(before_w, self.workloads),

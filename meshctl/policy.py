@@ -7,7 +7,9 @@ lines come from the YAML node tree (``yaml.compose_all``), so a field path such 
 
 ``explain`` evaluates a request with :func:`meshapi.policy.evaluate` — the code the ztunnel runs —
 against the configuration in force, read from the controller's ``GET /debug/config`` (a
-discovery snapshot in meshapi wire JSON).
+discovery snapshot in meshapi wire JSON). The path and host are normalized as the ztunnel does
+(:mod:`meshapi.httppath`, the snapshot's ``pathNormalization``; query left out), so what is
+explained is what the ztunnel matches; a path the ztunnel would refuse (400) is an error here.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from controller import translate
 from meshapi import discovery
 from meshapi.constants import CONTROLLER_METRICS_PORT
 from meshapi.errors import IdentityError, MeshApiError
+from meshapi.httppath import ambiguous_method, normalize_host, normalize_path, split_query
 from meshapi.ids import SpiffeId
 from meshapi.model import Workload
 from meshapi.policy import (
@@ -271,7 +274,19 @@ def explain(
                 raise MeshctlError(f"--header {h!r}: expected K=V")
             pairs.append((k.strip().lower(), v))
         host = next((v for k, v in pairs if k == "host"), f"{target.ip}:{port}")
-        request = HttpRequest(method or "GET", path or "/", host, tuple(pairs))
+        mode = snapshot.path_normalization
+        raw_path, _ = split_query(path or "/")
+        matched = normalize_path(raw_path, mode)
+        if matched is None:
+            raise MeshctlError(f"--path {path!r}: the ztunnel refuses this path with 400 before "
+                               f"any policy (pathNormalization {mode.value}: an encoded '/' or "
+                               "'\\', or a bad %-encoding)")
+        verb = method or "GET"
+        if ambiguous_method(verb):
+            raise MeshctlError(f"--method {verb!r}: the ztunnel refuses a standard method in "
+                               f"another case with 400 (methods are case-sensitive; "
+                               f"{verb.upper()!r}?)")
+        request = HttpRequest(verb, matched, normalize_host(host), tuple(pairs))
     attrs = Attributes(src_ip, target.ip, port, peer=peer, http_port=http, request=request)
     decision = evaluate(snapshot.authorization_policies, namespace=target.namespace,
                         labels=target.label_map, attributes=attrs, root_namespace=root)

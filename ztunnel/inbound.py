@@ -153,10 +153,13 @@ class InboundHandler:
         attrs = self.attributes(request.peer_identity, request.target, request.peer_address[0])
         splice: Splice
         if verdict.l7 and self._policy is not None and attrs is not None:
+            engine = self._policy
             splice = L7Splice(lambda result: self._done(splice, record, result),
                               attributes=attrs,
-                              authorize=self._policy.request_authorizer(pod.workload),
-                              metrics=self._policy.l7_metrics, labels=labels)
+                              authorize=engine.request_authorizer(pod.workload),
+                              metrics=engine.l7_metrics, labels=labels,
+                              reject=self._metrics.reject,
+                              path_normalization=lambda: engine.path_normalization)
         else:
             splice = Splice(lambda result: self._done(splice, record, result))
         loop = asyncio.get_running_loop()
@@ -327,7 +330,8 @@ class PlaintextInbound(asyncio.Protocol):
 
         splice = (
             L7Splice(done, attributes=attrs, authorize=policy.request_authorizer(pod.workload),
-                     metrics=policy.l7_metrics, labels=labels)
+                     metrics=policy.l7_metrics, labels=labels, reject=self._metrics.reject,
+                     path_normalization=lambda: policy.path_normalization)
             if l7 else Splice(done)
         )
         try:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from prometheus_client import CollectorRegistry, Counter
 
 from meshapi.discovery import Change
+from meshapi.httppath import PathNormalization
 from meshapi.model import Workload
 from meshapi.policy import (
     Attributes,
@@ -116,6 +117,11 @@ class PolicyEngine:
     @property
     def l7(self) -> bool:
         return self._l7
+
+    @property
+    def path_normalization(self) -> PathNormalization:
+        """The mesh-wide path normalization of the last snapshot (read per request)."""
+        return self._view.state.path_normalization
 
     def request_authorizer(self, workload: Workload) -> Authorize:
         """For :class:`ztunnel.l7.L7Splice`: decide each request against the current policies."""

@@ -192,3 +192,16 @@ def test_bad_mode_combinations_say_what_is_wrong(
         parse_config(argv, {c.ENV_POD_NAME: "p"})
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_path_normalization_flag() -> None:
+    from meshapi.httppath import DEFAULT_PATH_NORMALIZATION, PathNormalization
+
+    base = ["--config-dir", "/c", "--state-dir", "/s", "--node-tokens-dir", "/t"]
+    assert parse_config(base, {}).path_normalization is DEFAULT_PATH_NORMALIZATION
+    env = {c.ENV_PATH_NORMALIZATION: "BASE"}
+    assert parse_config(base, env).path_normalization is PathNormalization.BASE
+    cfg = parse_config([*base, "--path-normalization", "DECODE_AND_MERGE_SLASHES"], env)
+    assert cfg.path_normalization is PathNormalization.DECODE_AND_MERGE_SLASHES  # flag wins
+    with pytest.raises(SystemExit):
+        parse_config([*base, "--path-normalization", "merge"], {})

@@ -112,6 +112,30 @@ def test_explain_uses_the_ztunnel_evaluation() -> None:
     assert e.decision.allowed and e.attributes.principal == "cluster.local/ns/default/sa/client"
 
 
+def test_explain_normalizes_the_path_as_the_ztunnel_does() -> None:
+    import dataclasses
+
+    import pytest
+
+    from meshapi.httppath import PathNormalization
+    from meshctl.errors import MeshctlError
+
+    deny = AuthorizationPolicy.from_spec("default", "no-admin", {
+        "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin/*"]}}]}]})
+    snap = _snapshot(deny)
+    for path in ("/x/../admin/y", "//admin/y", "/%61dmin/y?q=1"):
+        e = policy.explain(snap, source="default/client", to="server-1", path=path)
+        assert not e.decision.allowed, path
+        assert e.attributes.request is not None and e.attributes.request.path == "/admin/y"
+    with pytest.raises(MeshctlError, match="refuses this path with 400"):
+        policy.explain(snap, source="default/client", to="server-1", path="/admin%2Fy")
+    with pytest.raises(MeshctlError, match="case-sensitive"):
+        policy.explain(snap, source="default/client", to="server-1", method="get", path="/")
+    raw = dataclasses.replace(snap, path_normalization=PathNormalization.NONE)
+    e = policy.explain(raw, source="default/client", to="server-1", path="//admin/y")
+    assert e.decision.allowed  # NONE: matched as sent
+
+
 def test_validate_live_reports_l7_fields_that_cannot_apply(tmp_path: Path) -> None:
     text = """\
 apiVersion: security.nodemesh.io/v1
