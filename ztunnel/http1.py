@@ -70,7 +70,7 @@ MAX_CONTENT_LENGTH_DIGITS: Final = 18
 #: every ``reason`` an :class:`HttpError` (and the L7 splice) may count; a fixed vocabulary
 REJECT_REASONS: Final = (
     "http_request_line",  # not ``method SP target SP version``
-    "http_method",  # a standard method in another case (``get``)
+    "http_method",  # a standard method in another case (``get``), or PRI (the h2 preface)
     "http_version",  # not HTTP/1.0 or HTTP/1.1 (505)
     "http_target",  # request-target syntax or form (absolute/authority/asterisk rules)
     "http_host",  # Host missing, repeated, malformed, or not the target's authority
@@ -291,11 +291,17 @@ class MessageParser:
         nl = buf.find(b"\n", pos, min(n, pos + room))
         if nl < 0:
             end = min(n, pos + room)
+            start = max(0, len(self._line) - 1)
             self._line += buf[pos:end]
             if len(self._line) >= limit + 2:
                 raise _too_long(self._state, len(self._line), limit, self._requests,
                                 bool(self._lines))
-            return end, None  # a bare CR in it is found once the line is complete
+            # a CR followed by anything but LF is a bare CR now, not only at the line's end
+            # (looks at the new bytes only: linear however the line trickles in)
+            cr = self._line.find(b"\r", start, len(self._line) - 1)
+            if cr >= 0:
+                raise HttpError(400, "CR not followed by LF", "http_bare_cr")
+            return end, None
         self._line += buf[pos : nl + 1]
         line = bytes(self._line)
         self._line.clear()
@@ -441,6 +447,11 @@ class MessageParser:
         if m is None:
             raise HttpError(400, f"malformed request line {start[:80]!r}", "http_request_line")
         method = m.group(1).decode("ascii")
+        if method == "PRI":
+            # the HTTP/2 connection preface (RFC 9113 3.4), never an HTTP/1.1 request: passed
+            # on, an h2c-capable app would read HTTP/2 that L7 policy never decided
+            raise HttpError(400, "method PRI is the HTTP/2 preface, not an HTTP/1.1 request",
+                            "http_method")
         if ambiguous_method(method):
             raise HttpError(400, f"method {method!r}: methods are case-sensitive; did you mean "
                             f"{method.upper()!r}?", "http_method")

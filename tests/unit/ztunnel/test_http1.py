@@ -111,6 +111,9 @@ MALFORMED = [
     (b"GET / HTTP/1.10\r\n" + H + b"\r\n", 400, "http_request_line"),
     (b"get / HTTP/1.1\r\n" + H + b"\r\n", 400, "http_method"),
     (b"Delete / HTTP/1.1\r\n" + H + b"\r\n", 400, "http_method"),
+    (b"PRI * HTTP/1.1\r\n" + H + b"\r\n", 400, "http_method"),
+    (b"PRI / HTTP/1.0\r\n\r\n", 400, "http_method"),
+    (b"GET / HTTP/1.1\r\nHost: h\rX", 400, "http_bare_cr"),
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n" + H + b"\r\n", 414, "http_head_too_large"),
     # request target
     (b"GET /\xc3\xa9 HTTP/1.1\r\n" + H + b"\r\n", 400, "http_request_line"),
