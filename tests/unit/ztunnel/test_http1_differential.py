@@ -14,6 +14,8 @@ different message boundary from it):
 
 * ``content-length-list``: ``Content-Length: 5, 5`` (RFC 9110 8.6 lets a recipient accept a list
   of identical values); llhttp rejects it.
+* ``extension-method``: a method that is a token but not one llhttp knows (``ET``, ``FOO``):
+  RFC 9110 9.1 allows any token; llhttp has a fixed list. Framing does not depend on it.
 * ``leading-crlf``: empty lines before the request line (RFC 9112 2.2: a server SHOULD ignore
   at least one); the L7 splice drops them, the app never sees them.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -175,10 +178,19 @@ def with_httptools(data: bytes) -> Outcome:
     return out
 
 
+_METHOD = re.compile(rb"(?:^|\n)([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ")
+#: the request methods llhttp (httptools) knows; it rejects every other token
+_LLHTTP_METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    b"SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    b"SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
+)
+
 #: (name, applies to this input): accepted by us, rejected by another parser on purpose
 LENIENT_BY_DESIGN: list[tuple[str, Callable[[bytes], bool]]] = [
     ("content-length-list", lambda d: b"Content-Length: 5, 5" in d or b"Length: 3, 3" in d),
     ("leading-crlf", lambda d: d.startswith(b"\r\n")),
+    ("extension-method", lambda d: any(m not in _LLHTTP_METHODS for m in _METHOD.findall(d))),
 ]
 
 
