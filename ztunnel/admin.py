@@ -35,6 +35,7 @@ def config_dump(
             state.peer_authentications[k].to_wire() for k in sorted(state.peer_authentications)
         ],
         "rootNamespace": state.root_namespace,
+        "pathNormalization": state.path_normalization.value,
         "pods": [
             {
                 "uid": str(p.workload.uid),

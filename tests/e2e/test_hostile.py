@@ -206,3 +206,24 @@ def test_hostile_http_and_hbone_leave_other_pods_served(
                       "during_hbone": during_hbone, "slowloris": json_lines(slow),
                       "hbone": attacks, "rss_growth_mb": round(growth, 1),
                       "rejected": after}, indent=1))
+
+
+def test_a_deny_on_a_path_cannot_be_walked_around(cluster: Cluster, applied: Applied) -> None:
+    """The destination normalizes the path the way the app will (mesh-wide MERGE_SLASHES by
+    default) before it matches L7 policy, so no spelling of /admin gets past a DENY on it."""
+    applied(authz("deny-admin", "  selector: {matchLabels: {app: server}}\n  action: DENY\n"
+                  "  rules:\n  - to:\n    - operation: {paths: [\"/admin*\"]}\n"))
+    server = cluster.ip("server-1")
+
+    def code(path: str) -> str:
+        return cluster.exec("client", "curl", "-sS", "--path-as-is", "-o", "/dev/null", "-w",
+                            "%{http_code}", "--max-time", "3", f"http://{server}:8080{path}",
+                            check=False).stdout
+
+    poll("the DENY in force", lambda: code("/admin/x") == "403")
+    for path in ("//admin/x", "/./admin/x", "/public/../admin/x", "/%61dmin/x", "/admin//x",
+                 "/admin?x=1", "/x/..//admin"):
+        assert code(path) == "403", f"{path} got past the DENY on /admin*"
+    assert code("/admin%2Fx") == "400", "an encoded slash left encoded is refused"
+    assert code("/public/x") == "404", "other paths reach the app"  # the sample app: no route
+    assert cluster.admin("node-2", "/config_dump")["pathNormalization"] == "MERGE_SLASHES"
