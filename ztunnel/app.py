@@ -27,6 +27,7 @@ from ztunnel.agentmetrics import AgentScrape
 from ztunnel.certs import CertificateStore, ControllerCertFetcher
 from ztunnel.config import Config
 from ztunnel.connlog import ConnLog
+from ztunnel.conntrack import ConnTracker
 from ztunnel.discovery import DiscoveryClient
 from ztunnel.hbone.client import HbonePool
 from ztunnel.hbone.server import HboneServer
@@ -37,7 +38,7 @@ from ztunnel.netns import NetnsExecutor
 from ztunnel.outbound import OutboundProxy
 from ztunnel.pods import PodHandlers, PodManager
 from ztunnel.policy import PolicyEngine
-from ztunnel.runtime import PodRuntime
+from ztunnel.runtime import PodContext, PodRuntime
 from ztunnel.seams import HboneListener, MeshView
 from ztunnel.zds import ZdsServer
 
@@ -68,12 +69,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     executor = NetnsExecutor()
     fetcher = ControllerCertFetcher(config.controller, config.ca_root, config.token_file)
     certs = CertificateStore(fetcher, config.trust_domain)
-    outbound = OutboundProxy(view=view, executor=executor, metrics=metrics, connlog=connlog,
+    outbound = OutboundProxy(view=view, executor=executor, metrics=metrics,
                              connect_timeout=config.connect_timeout)
 
     def hbone_server(pod: PodRuntime, context: ssl.SSLContext) -> HboneListener:
         handler = InboundHandler(pod=pod, view=view, executor=executor, metrics=metrics,
-                                 connlog=connlog, trust_domain=config.trust_domain,
+                                 trust_domain=config.trust_domain,
                                  connect_timeout=config.connect_timeout, policy=policy)
         return HboneServer(context=context, trust_domain=config.trust_domain, handler=handler,
                            events=HboneEvents(metrics, pod.uid))
@@ -84,13 +85,15 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         handlers=PodHandlers(
             outbound=outbound.protocol_factory,
             plaintext=lambda pod: PlaintextInbound(
-                pod, metrics, policy=policy, executor=executor, connlog=connlog,
+                pod, metrics, policy=policy, executor=executor,
                 connect_timeout=config.connect_timeout),
             hbone_server=hbone_server,
         ),
         metrics=metrics,
-        # one pool per pod: a tunnel starts in its own pod's netns, from its IP (DESIGN)
-        pool_factory=lambda: HbonePool(certs, connect_timeout=config.connect_timeout),
+        # each pod its own pool (a tunnel starts in its pod's netns, from its IP) and tracker
+        context=lambda w: PodContext(
+            pool=HbonePool(certs, connect_timeout=config.connect_timeout),
+            tracker=ConnTracker(w, connlog, lambda ip: view.index.by_ip.get(ip))),
     )
     discovery = DiscoveryClient(controller=config.controller, ca_root=config.ca_root,
                                 token_file=config.token_file, view=view, metrics=metrics)

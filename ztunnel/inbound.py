@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from typing import cast
 
 from meshapi.ids import SpiffeId
-from meshapi.model import Workload
 from meshapi.policy import Attributes, plaintext_allowed
-from ztunnel.connlog import ConnLog, ConnRecord
+from ztunnel.connlog import ConnRecord
+from ztunnel.conntrack import ConnTracker
 from ztunnel.errors import OriginalDestinationError
 from ztunnel.hbone.server import Accept, ConnectRequest, Reject
 from ztunnel.l7 import L7Splice
-from ztunnel.metrics import ConnLabels, Metrics, destination_labels, workload_name
+from ztunnel.metrics import Metrics
 from ztunnel.netns import NetnsExecutor, connect_marked, set_rst_on_close
 from ztunnel.outbound import original_dst
 from ztunnel.policy import PolicyEngine
@@ -66,7 +66,6 @@ class InboundHandler:
         view: MeshView,
         executor: NetnsExecutor,
         metrics: Metrics,
-        connlog: ConnLog,
         trust_domain: str,
         connect_timeout: float = 5.0,
         policy: PolicyEngine | None = None,
@@ -75,7 +74,6 @@ class InboundHandler:
         self._view = view
         self._executor = executor
         self._metrics = metrics
-        self._connlog = connlog
         self._trust_domain = trust_domain
         self._connect_timeout = connect_timeout
         self._policy = policy
@@ -132,42 +130,31 @@ class InboundHandler:
                                         self._connect_timeout)
         except (OSError, TimeoutError) as exc:
             return self._reject(503, "app_unreachable", f"{request.authority}: {exc!r}")
-        peer_ip = _ip(request.peer_address[0])
-        src_workload = None if peer_ip is None else self._view.index.by_ip.get(peer_ip)
-        labels = ConnLabels(
-            reporter="destination",
-            source_principal=str(request.peer_identity),
-            source_workload=_src_name(src_workload, request.peer_identity),
-            source_workload_namespace=request.peer_identity.namespace,
-            connection_security_policy="mutual_tls",
-            **destination_labels(pod.workload),
-        )
-        record = ConnRecord(
-            direction="inbound", pod=pod.uid,
-            src=f"{request.peer_address[0]}:{request.peer_address[1]}",
-            dst=request.authority, labels=labels, src_identity=str(request.peer_identity),
-            dst_identity=str(pod.workload.identity), tls_version=request.tls_version,
-            security_policy="mutual_tls",
-        )
-        self._connlog.opened(record)
+        tracker = pod.tracker
+        if tracker is None:
+            sock.close()
+            return self._reject(503, "pod_closing", f"pod {pod.workload.name} is being removed")
+        record = tracker.inbound(src=request.peer_address, dst=request.authority,
+                                 peer=request.peer_identity, tls_version=request.tls_version)
+        labels = record.labels
         attrs = self.attributes(request.peer_identity, request.target, request.peer_address[0])
         splice: Splice
         if verdict.l7 and self._policy is not None and attrs is not None:
             engine = self._policy
-            splice = L7Splice(lambda result: self._done(splice, record, result),
+            splice = L7Splice(lambda result: self._done(tracker, splice, record, result),
                               attributes=attrs,
                               authorize=engine.request_authorizer(pod.workload),
                               metrics=engine.l7_metrics, labels=labels,
                               reject=self._metrics.reject,
                               path_normalization=lambda: engine.path_normalization)
         else:
-            splice = Splice(lambda result: self._done(splice, record, result))
+            splice = Splice(lambda result: self._done(tracker, splice, record, result))
         loop = asyncio.get_running_loop()
         try:
             await loop.create_connection(lambda: splice.upstream, sock=sock)
         except OSError as exc:
             sock.close()
-            self._connlog.closed(record, result="app_unreachable", response_flags="UF")
+            tracker.failed(record, "app_unreachable", response_flags="UF")
             return self._reject(503, "app_unreachable", f"{request.authority}: {exc!r}")
         pod.track(splice)
         if self._policy is not None and attrs is not None:
@@ -187,16 +174,12 @@ class InboundHandler:
 
         return Accept(protocol_factory)
 
-    def _done(self, splice: Splice, record: ConnRecord, result: SpliceResult) -> None:
+    def _done(self, tracker: ConnTracker, splice: Splice, record: ConnRecord,
+              result: SpliceResult) -> None:
         self._pod.untrack(splice)
         if self._policy is not None:
             self._policy.untrack(splice)
-        self._connlog.closed(
-            record,
-            result="ok" if result.error is None else "error",
-            bytes_sent=result.downstream_bytes,
-            bytes_received=result.upstream_bytes,
-        )
+        tracker.finished(record, result)
 
 
 def _ip(value: str) -> ipaddress.IPv4Address | None:
@@ -204,12 +187,6 @@ def _ip(value: str) -> ipaddress.IPv4Address | None:
         return ipaddress.IPv4Address(value)
     except ValueError:
         return None
-
-
-def _src_name(workload: Workload | None, identity: SpiffeId) -> str:
-    if workload is not None and workload.identity == identity:
-        return workload_name(workload)
-    return "unknown"
 
 
 class PlaintextInbound(asyncio.Protocol):
@@ -224,14 +201,12 @@ class PlaintextInbound(asyncio.Protocol):
         *,
         policy: PolicyEngine | None = None,
         executor: NetnsExecutor | None = None,
-        connlog: ConnLog | None = None,
         connect_timeout: float = 5.0,
     ) -> None:
         self._pod = pod
         self._metrics = metrics
         self._policy = policy
         self._executor = executor
-        self._connlog = connlog
         self._connect_timeout = connect_timeout
         self._transport: asyncio.Transport | None = None
         self._early: list[bytes] = []
@@ -251,7 +226,7 @@ class PlaintextInbound(asyncio.Protocol):
         self._transport = t
         target = self._target(t)
         policy = self._policy
-        if policy is None or target is None or self._executor is None or self._connlog is None:
+        if policy is None or target is None or self._executor is None:
             self._refuse(t, "plaintext_strict",
                          "STRICT mTLS; the client must be in the mesh")
             return
@@ -304,29 +279,21 @@ class PlaintextInbound(asyncio.Protocol):
 
     async def _open(self, t: asyncio.Transport, target: tuple[str, int],
                     attrs: Attributes, l7: bool) -> None:
-        pod, policy, connlog, executor = self._pod, self._policy, self._connlog, self._executor
-        assert policy is not None and connlog is not None and executor is not None
+        pod, policy, executor = self._pod, self._policy, self._executor
+        assert policy is not None and executor is not None
         peer = t.get_extra_info("peername")
-        src = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unknown"
-        src_workload = policy.workload_by_ip(attrs.source_ip)
-        labels = ConnLabels(
-            reporter="destination",
-            source_workload=workload_name(src_workload) if src_workload else "unknown",
-            source_workload_namespace=src_workload.namespace if src_workload else "unknown",
-            connection_security_policy="none",
-            **destination_labels(pod.workload),
-        )
-        record = ConnRecord(direction="inbound", pod=pod.uid, src=src,
-                            dst=f"{target[0]}:{target[1]}", labels=labels,
-                            dst_identity=str(pod.workload.identity), security_policy="none")
-        connlog.opened(record)
+        tracker = pod.tracker
+        if tracker is None or not isinstance(peer, tuple):
+            self._refuse(t, "pod_closing", f"pod {pod.workload.name} is being removed")
+            return
+        record = tracker.inbound(src=(str(peer[0]), int(peer[1])),
+                                 dst=f"{target[0]}:{target[1]}", peer=None)
+        labels = record.labels
 
         def done(result: SpliceResult) -> None:
             pod.untrack(splice)
             policy.untrack(splice)
-            connlog.closed(record, result="ok" if result.error is None else "error",
-                           bytes_sent=result.downstream_bytes,
-                           bytes_received=result.upstream_bytes)
+            tracker.finished(record, result)
 
         splice = (
             L7Splice(done, attributes=attrs, authorize=policy.request_authorizer(pod.workload),

@@ -17,14 +17,15 @@ import socket
 import struct
 from typing import cast
 
-from ztunnel.connlog import ConnLog, ConnRecord
+from ztunnel.connlog import ConnRecord
+from ztunnel.conntrack import ConnTracker
 from ztunnel.errors import (
     HboneConnectError,
     HboneError,
     HboneStatusError,
     OriginalDestinationError,
 )
-from ztunnel.metrics import ConnLabels, Metrics, destination_labels, source_labels
+from ztunnel.metrics import Metrics
 from ztunnel.netns import NetnsExecutor, connect_marked, set_rst_on_close
 from ztunnel.routing import Passthrough, Refuse, RoundRobin, ViaHbone, decide
 from ztunnel.runtime import PodRuntime
@@ -80,13 +81,11 @@ class OutboundProxy:
         view: MeshView,
         executor: NetnsExecutor,
         metrics: Metrics,
-        connlog: ConnLog,
         connect_timeout: float = 5.0,
     ) -> None:
         self._view = view
         self._executor = executor
         self._metrics = metrics
-        self._connlog = connlog
         self._connect_timeout = connect_timeout
         self._pick = RoundRobin()
 
@@ -111,36 +110,16 @@ class OutboundProxy:
         if isinstance(decision, Refuse):
             self.refuse(pod, transport, decision.reason, decision.detail)
             return
-        src = _addr(transport.get_extra_info("peername"))
-        dst_service = decision.service.key if decision.service is not None else "unknown"
-        if isinstance(decision, ViaHbone):
-            labels = ConnLabels(
-                reporter="source",
-                destination_service=dst_service,
-                connection_security_policy="mutual_tls",
-                **source_labels(pod.workload),
-                **destination_labels(decision.workload),
-            )
-            record = ConnRecord(
-                direction="outbound", pod=pod.uid, src=src,
-                dst=f"{decision.target[0]}:{decision.target[1]}", labels=labels,
-                src_identity=str(pod.workload.identity),
-                dst_identity=str(decision.workload.identity), security_policy="mutual_tls",
-            )
-        else:
-            labels = ConnLabels(
-                reporter="source",
-                destination_service=dst_service,
-                **source_labels(pod.workload),
-                **destination_labels(decision.workload),
-            )
-            record = ConnRecord(
-                direction="outbound", pod=pod.uid, src=src,
-                dst=f"{decision.target[0]}:{decision.target[1]}", labels=labels,
-                src_identity=str(pod.workload.identity),
-            )
-        self._connlog.opened(record)
-        splice = Splice(lambda result: self._done(pod, splice, record, result))
+        tracker = pod.tracker
+        if tracker is None:
+            self.refuse(pod, transport, "pod_closing", f"pod {pod.uid} is being removed")
+            return
+        record = tracker.outbound(
+            src=_addr(transport.get_extra_info("peername")), target=decision.target,
+            destination=decision.workload,
+            service=decision.service.key if decision.service is not None else None,
+            mutual_tls=isinstance(decision, ViaHbone))
+        splice = Splice(lambda result: self._done(pod, tracker, splice, record, result))
         try:
             if isinstance(decision, ViaHbone):
                 await self._open_hbone(pod, decision, splice, record)
@@ -148,25 +127,25 @@ class OutboundProxy:
                 await self._open_plain(pod, decision, splice)
         except (OSError, TimeoutError, HboneError) as exc:
             reason = _failure_reason(exc)
-            self._connlog.closed(record, result=reason, response_flags="UF")
+            tracker.failed(record, reason, response_flags="UF")
             self.refuse(pod, transport, reason, f"{record.dst}: {exc}")
             splice.abort(reason)
             return
         except asyncio.CancelledError:
             splice.abort("pod removed")
-            self._connlog.closed(record, result="cancelled")
+            tracker.failed(record, "cancelled")
             transport.abort()
             raise
         if transport.is_closing():
             # the client went away while we connected: drop the upstream too
             splice.abort("downstream closed")
-            self._connlog.closed(record, result="downstream_closed")
+            tracker.failed(record, "downstream_closed")
             return
         pod.track(splice)
         accepted = transport.get_protocol()
         if isinstance(accepted, _Accepted) and not accepted.hand_over(splice.downstream):
             splice.abort("client sent too much before the upstream connected")
-            self._connlog.closed(record, result="early_data_overflow")
+            tracker.failed(record, "early_data_overflow")
             return
         transport.set_protocol(splice.downstream)
         splice.downstream.attach(transport, paused=True)
@@ -205,16 +184,10 @@ class OutboundProxy:
         record.tls_version = tls_version if isinstance(tls_version, str) else None
         splice.upstream.attach(stream)
 
-    def _done(
-        self, pod: PodRuntime, splice: Splice, record: ConnRecord, result: SpliceResult
-    ) -> None:
+    def _done(self, pod: PodRuntime, tracker: ConnTracker, splice: Splice, record: ConnRecord,
+              result: SpliceResult) -> None:
         pod.untrack(splice)
-        self._connlog.closed(
-            record,
-            result="ok" if result.error is None else "error",
-            bytes_sent=result.downstream_bytes,
-            bytes_received=result.upstream_bytes,
-        )
+        tracker.finished(record, result)
 
 
 def _failure_reason(exc: BaseException) -> str:

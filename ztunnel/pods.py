@@ -9,8 +9,9 @@ Adding a pod (from the ZDS server):
 
 The add is complete (and the agent acked) only once the listeners are bound and serving.
 Re-adding a served pod builds the new one first, then tears the old one down.
-Each pod gets its own HBONE pool (``pool_factory``) before its listeners serve, so a tunnel is
-always opened from the pod's own netns and IP and never shared with another pod.
+Each pod gets its own proxy context (``context``: its HBONE pool and its connection tracker)
+before its listeners serve, so a tunnel is always opened from the pod's own netns and IP and
+never shared with another pod.
 Deleting a pod closes its listeners, its HBONE server, its connections and tasks, its HBONE
 pool, its netns fd, and releases its certificate.
 """
@@ -31,8 +32,8 @@ from meshapi.model import Workload
 from ztunnel.errors import CertError, NetnsError, PodError
 from ztunnel.metrics import Metrics
 from ztunnel.netns import NetnsExecutor, listening_sockets
-from ztunnel.runtime import PodRuntime
-from ztunnel.seams import CertSource, HboneListener, StreamPool
+from ztunnel.runtime import PodContext, PodRuntime
+from ztunnel.seams import CertSource, HboneListener
 
 log = logging.getLogger("ztunnel.pods")
 
@@ -75,13 +76,13 @@ class PodManager:
         certs: CertSource,
         handlers: PodHandlers,
         metrics: Metrics,
-        pool_factory: Callable[[], StreamPool],
+        context: Callable[[Workload], PodContext],
         ports: tuple[int, int, int] = POD_PORTS,
     ) -> None:
         self._executor = executor
         self._certs = certs
         self._handlers = handlers
-        self._pool_factory = pool_factory
+        self._context = context
         self._metrics = metrics
         self._ports = ports
         self._pods: dict[str, ServedPod] = {}
@@ -170,7 +171,8 @@ class PodManager:
                 f"cannot open listeners for pod {workload.namespace}/{workload.name} "
                 f"in its netns: {exc}"
             ) from exc
-        runtime = PodRuntime(workload, netns_fd, pool=self._pool_factory())
+        ctx = self._context(workload)
+        runtime = PodRuntime(workload, netns_fd, pool=ctx.pool, tracker=ctx.tracker)
         out_sock, plain_sock, hbone_sock = socks
         loop = asyncio.get_running_loop()
         servers: list[asyncio.Server] = []

@@ -6,7 +6,9 @@ Invariants:
   the pod manager closes it; handlers only borrow it.
 * Every task a handler starts is in the pod's :class:`TaskSet` and every live splice in its
   ``splices`` set, so deleting the pod cancels and aborts all of them: nothing outlives the pod.
-* The pod owns its HBONE pool (``pool``): every tunnel it opens starts in this pod's netns from
+* The pod owns its proxy context (:class:`PodContext`, built by ``app.py`` for each pod): its
+  connection tracker (``tracker``: labels and records of every connection, built once) and
+  its HBONE pool (``pool``): every tunnel it opens starts in this pod's netns from
   this pod's IP, and no other pod's connection ever rides it, whatever identity the two pods
   share (the destination sees, authorizes and counts each pod by its own address). The pod
   manager closes the pool when the pod goes, after its connections.
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshapi.model import Workload
+from ztunnel.conntrack import ConnTracker
 from ztunnel.seams import StreamPool
 from ztunnel.splice import Splice
 
@@ -67,12 +70,23 @@ class TaskSet:
                 await task
 
 
+@dataclass(frozen=True, slots=True)
+class PodContext:
+    """What each pod gets of its own from the proxy: never shared with another pod."""
+
+    pool: StreamPool
+    tracker: ConnTracker
+
+
 @dataclass(eq=False)
 class PodRuntime:
     workload: Workload
     netns_fd: int
-    #: this pod's own HBONE pool (set by the pod manager before any listener serves)
+    #: this pod's own HBONE pool (set by the pod manager before any listener serves; None
+    #: once the pod is gone)
     pool: StreamPool | None = None
+    #: this pod's connection tracker
+    tracker: ConnTracker | None = None
     tasks: TaskSet = field(init=False)
     splices: set[Splice] = field(default_factory=set)
     closing: bool = False

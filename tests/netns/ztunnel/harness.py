@@ -14,6 +14,7 @@ from meshapi.model import Workload
 from tests.unit.ztunnel.hbone.testca import TestCA
 from ztunnel.certs import CertificateStore
 from ztunnel.connlog import ConnLog
+from ztunnel.conntrack import ConnTracker
 from ztunnel.hbone.client import HbonePool
 from ztunnel.hbone.server import HboneServer
 from ztunnel.inbound import InboundHandler, PlaintextInbound
@@ -21,7 +22,7 @@ from ztunnel.metrics import HboneEvents, Metrics
 from ztunnel.netns import NetnsExecutor
 from ztunnel.outbound import OutboundProxy
 from ztunnel.pods import PodHandlers, PodManager
-from ztunnel.runtime import PodRuntime
+from ztunnel.runtime import PodContext, PodRuntime
 from ztunnel.seams import HboneListener, MeshView
 
 TD = "cluster.local"
@@ -52,12 +53,11 @@ class Ztunnel:
         self.executor = NetnsExecutor()
         self.certs = CertificateStore(self.ca, TD)
         self.outbound = OutboundProxy(view=self.view, executor=self.executor,
-                                      metrics=self.metrics, connlog=self.connlog)
+                                      metrics=self.metrics)
 
         def hbone_server(pod: PodRuntime, context: object) -> HboneListener:
             handler = InboundHandler(pod=pod, view=self.view, executor=self.executor,
-                                     metrics=self.metrics, connlog=self.connlog,
-                                     trust_domain=TD)
+                                     metrics=self.metrics, trust_domain=TD)
             return HboneServer(context=context, trust_domain=TD,  # type: ignore[arg-type]
                                handler=handler, events=HboneEvents(self.metrics, pod.uid))
 
@@ -66,7 +66,9 @@ class Ztunnel:
             handlers=PodHandlers(self.outbound.protocol_factory,
                                  lambda pod: PlaintextInbound(pod, self.metrics), hbone_server),
             metrics=self.metrics,
-            pool_factory=lambda: HbonePool(self.certs, connect_timeout=5.0),
+            context=lambda w: PodContext(
+                pool=HbonePool(self.certs, connect_timeout=5.0),
+                tracker=ConnTracker(w, self.connlog, lambda ip: self.view.index.by_ip.get(ip))),
         )
 
     def set_workloads(self, *workloads: Workload) -> None:
