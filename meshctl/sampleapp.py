@@ -3,6 +3,8 @@
 ``python -m meshctl.sampleapp --port 8080 --name server-1 --namespace default``
   ``GET /``     -> ``{"pod": ..., "namespace": ..., "peer": "ip:port"}``
   ``/echo``     -> the request body back (any method)
+  ``/bytes/N``  -> N bytes (``x``), 0 <= N <= MAX_BYTES: a response of a chosen size, e.g. the
+                   benchmark's 1 KiB (``/bytes/1024``)
 ``python -m meshctl.sampleapp --pause`` sleeps until signalled (pods without an app).
 
 It is the workload, not the mesh, but the benchmark measures through it, so it must not be the
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import signal
 import socket
@@ -23,6 +26,7 @@ from typing import Final, cast
 
 MAX_BODY: Final = 16 * 1024 * 1024
 MAX_HEAD: Final = 64 * 1024
+MAX_BYTES: Final = 1024 * 1024
 REASONS: Final = {200: "OK", 400: "Bad Request", 404: "Not Found", 411: "Length Required",
                   413: "Payload Too Large", 431: "Request Header Fields Too Large"}
 
@@ -33,6 +37,11 @@ def response(status: int, body: bytes, content_type: str, *, close: bool,
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
             f"{'Connection: close' + chr(13) + chr(10) if close else ''}\r\n").encode()
     return head if head_only else head + body
+
+
+@functools.lru_cache(maxsize=64)
+def _filler(size: int) -> bytes:
+    return b"x" * size
 
 
 class HttpApp(asyncio.Protocol):
@@ -102,6 +111,13 @@ class HttpApp(asyncio.Protocol):
         if path == "/echo":
             ctype = headers.get("content-type", "application/octet-stream")
             return response(200, body, ctype, close=close, head_only=head_only)
+        if path.startswith("/bytes/"):
+            size = path.removeprefix("/bytes/")
+            if not (size.isascii() and size.isdigit() and int(size) <= MAX_BYTES):
+                return response(400, f"size must be 0..{MAX_BYTES}\n".encode(), "text/plain",
+                                close=close, head_only=head_only)
+            return response(200, _filler(int(size)), "application/octet-stream", close=close,
+                            head_only=head_only)
         if path == "/":
             doc = {"pod": self.pod, "namespace": self.namespace, "peer": self.peer}
             return response(200, (json.dumps(doc) + "\n").encode(), "application/json",

@@ -44,3 +44,21 @@ async def test_malformed_requests_get_400_and_close() -> None:
         b"HTTP/1.1 400")
     assert (await exchange(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
             ).startswith(b"HTTP/1.1 411")
+
+
+async def test_bytes_endpoint_serves_the_requested_size() -> None:
+    data = await exchange(
+        b"GET /bytes/1024 HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /bytes/0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    first, second = data.split(b"HTTP/1.1 ")[1:]
+    head, body = first.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"200") and b"Content-Length: 1024" in head
+    assert body == b"x" * 1024
+    assert second.startswith(b"200") and b"Content-Length: 0\r\n" in second
+
+
+async def test_bytes_endpoint_rejects_bad_sizes() -> None:
+    for target in (b"/bytes/", b"/bytes/-1", b"/bytes/1x", b"/bytes/99999999", b"/bytes/\xb2"):
+        data = await exchange(b"GET " + target + b" HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 400"), target
