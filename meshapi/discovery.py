@@ -28,14 +28,13 @@ client side of that contract.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from meshapi import wire
 from meshapi.constants import DEFAULT_ROOT_NAMESPACE
-from meshapi.errors import WireError
+from meshapi.errors import IdentityError, WireError
 from meshapi.httppath import DEFAULT_PATH_NORMALIZATION, PathNormalization, parse_mode
 from meshapi.ids import ServiceKey, is_dns_label
 from meshapi.model import Service, Workload
@@ -156,7 +155,7 @@ def decode(value: object) -> Message:
             upsert_workloads=_workloads(upsert.get("workloads", []), "upsert.workloads"),
             upsert_services=_services(upsert.get("services", []), "upsert.services"),
             remove_workloads=_strings(remove.get("workloads", []), "remove.workloads"),
-            remove_services=_strings(remove.get("services", []), "remove.services"),
+            remove_services=_service_keys(remove.get("services", []), "remove.services"),
             upsert_authorization_policies=_authz(
                 upsert.get("authorizationPolicies", []), "upsert.authorizationPolicies"
             ),
@@ -180,12 +179,16 @@ class LineSplitter:
     def __init__(self, limit: int = MAX_LINE_BYTES) -> None:
         self._limit = limit
         self._buf = bytearray()
+        #: bytes of ``_buf`` already searched for a newline: a long line arriving in many
+        #: chunks is scanned once, not once per chunk
+        self._scanned = 0
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         self._buf += data
         while True:
-            nl = self._buf.find(b"\n")
+            nl = self._buf.find(b"\n", self._scanned)
             if nl < 0:
+                self._scanned = len(self._buf)
                 if len(self._buf) > self._limit:
                     raise WireError("", f"discovery line exceeds {self._limit} bytes")
                 return
@@ -193,6 +196,7 @@ class LineSplitter:
                 raise WireError("", f"discovery line of {nl} bytes exceeds {self._limit}")
             line = bytes(self._buf[:nl])
             del self._buf[: nl + 1]
+            self._scanned = 0
             if line.strip():
                 yield line
 
@@ -230,6 +234,16 @@ def _path_normalization(obj: Mapping[str, Any]) -> PathNormalization:
         return parse_mode(value)
     except ValueError as exc:
         raise WireError("pathNormalization", str(exc)) from None
+
+
+def _service_keys(value: object, path: str) -> tuple[str, ...]:
+    keys = _strings(value, path)
+    for i, key in enumerate(keys):
+        try:
+            ServiceKey.parse(key)
+        except IdentityError as exc:
+            raise WireError(wire.join(path, i), str(exc)) from None
+    return keys
 
 
 def _strings(value: object, path: str) -> tuple[str, ...]:
@@ -278,11 +292,7 @@ class DiscoveryState:
         """Decode one ndjson line and apply it. Raises :class:`WireError` for a malformed line,
         and for a delta that does not follow our version, after forgetting the resume point so
         the next connection asks for a fresh snapshot."""
-        try:
-            raw = json.loads(line)
-        except ValueError as exc:
-            raise WireError("", f"not JSON: {exc}") from exc
-        message = decode(raw)
+        message = decode(wire.loads(line))
         try:
             return message, self.apply(message)
         except WireError:
@@ -317,13 +327,18 @@ class DiscoveryState:
                 f"delta {message.epoch}/{message.version} does not follow "
                 f"{self.epoch or '-'}/{self.version}; a fresh snapshot is needed",
             )
+        # everything that can fail is checked before the first change: never half-applied
+        for i, key in enumerate(message.remove_services):
+            try:
+                ServiceKey.parse(key)
+            except IdentityError as exc:
+                raise WireError(f"remove.services[{i}]", str(exc)) from None
         changed_w: set[str] = set()
         changed_s: set[str] = set()
         for uid in message.remove_workloads:
             if self.workloads.pop(uid, None) is not None:
                 changed_w.add(uid)
         for key in message.remove_services:
-            ServiceKey.parse(key)
             if self.services.pop(key, None) is not None:
                 changed_s.add(key)
         for w in message.upsert_workloads:

@@ -4,12 +4,81 @@ errors say exactly where the input was wrong. Nothing here is specific to one me
 from __future__ import annotations
 
 import ipaddress
+import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from meshapi.errors import WireError
 
 T = TypeVar("T")
+
+#: deepest nesting of objects/lists :func:`loads` accepts. The mesh's own messages nest about 8
+#: deep (a policy rule's ``from[].source.ipBlocks[]``); the bound leaves room for what users
+#: write and keeps every later (recursive) walk of the value far from the interpreter's limit.
+MAX_JSON_DEPTH = 64
+
+
+def loads(data: bytes | str, path: str = "") -> object:
+    """Parse JSON from the network or a user, stricter than :func:`json.loads`.
+
+    Raises :class:`WireError` (never anything else) for: text that is not JSON or not UTF-8,
+    a key repeated in one object (two readers could each take a different one), ``NaN`` and
+    ``Infinity`` and numbers that overflow to them (``1e999``), integers of more digits than
+    the interpreter converts, and nesting deeper than :data:`MAX_JSON_DEPTH`.
+    """
+    try:
+        value = json.loads(
+            data,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
+    except RecursionError:
+        # the decoder recurses per level: this input nests far deeper than MAX_JSON_DEPTH
+        raise WireError(path, f"not JSON we accept: nested deeper than {MAX_JSON_DEPTH} "
+                              "levels") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, our hooks, int digits
+        raise WireError(path, f"not JSON: {exc}") from exc
+    _check_depth(value, path)
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _check_depth(value: object, path: str) -> None:
+    """Iterative (the point is not to recurse): every container at most MAX_JSON_DEPTH deep."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Sequence[object] = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise WireError(path, f"not JSON we accept: nested deeper than {MAX_JSON_DEPTH} "
+                                  "levels")
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
 
 
 def join(path: str, key: str | int) -> str:

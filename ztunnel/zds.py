@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import socket
 from pathlib import Path
 from typing import Protocol
 
-from meshapi import zds
+from meshapi import wire, zds
 from meshapi.errors import WireError
 from meshapi.model import Workload
 from ztunnel.errors import PodError, ZtunnelError
@@ -36,6 +35,8 @@ from ztunnel.netns import CLONE_NEWNET
 log = logging.getLogger("ztunnel.zds")
 
 MAX_FDS_PER_MESSAGE = 4
+#: what :func:`recv_packet` returns for a packet the kernel truncated (never valid JSON)
+TRUNCATED = b"\x00truncated"
 
 
 class PodSink(Protocol):
@@ -77,6 +78,12 @@ class ZdsSession:
                     os.close(fd)
 
     async def _handle(self, data: bytes, fds: list[int]) -> bytes:
+        if data == TRUNCATED:
+            return self._error(
+                "malformed", 0,
+                f"message truncated: a packet over {zds.MAX_MESSAGE_BYTES} bytes or with more "
+                f"than {MAX_FDS_PER_MESSAGE} fds",
+            )
         try:
             message = zds.decode(data)
         except WireError as exc:
@@ -127,13 +134,16 @@ class ZdsSession:
 
 
 def _seq_of(data: bytes) -> int:
-    """Best effort: the seq of a message that failed validation, so the agent can match it."""
+    """Best effort: the seq of a message that failed validation, so the agent can match it
+    (0 when it is not one the agent could have sent: an ack must decode on the other end)."""
     try:
-        raw = json.loads(data)
-    except ValueError:
+        raw = wire.loads(data)
+    except WireError:
         return 0
     seq = raw.get("seq") if isinstance(raw, dict) else None
-    return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else 0
+    if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= zds.MAX_SEQ:
+        return seq
+    return 0
 
 
 NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: the namespace type (linux/nsfs.h)
@@ -170,7 +180,7 @@ async def recv_packet(sock: socket.socket) -> tuple[bytes, list[int]]:
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             for fd in fds:
                 os.close(fd)
-            return b"\x00truncated", []
+            return TRUNCATED, []
         return data, list(fds)
 
 

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from meshapi.backoff import Backoff
-from meshapi.discovery import DiscoveryState, LineSplitter, Snapshot
+from meshapi.discovery import Delta, DiscoveryState, LineSplitter, Snapshot
 from meshapi.errors import WireError
 
 
@@ -45,3 +45,39 @@ def test_apply_line_decodes_and_forgets_resume_point_on_gap() -> None:
     with pytest.raises(WireError, match="fresh snapshot"):
         state.apply_line(gap)
     assert not state.synced and state.resume_params() == {}
+
+
+def test_apply_line_refuses_deep_nesting_with_wire_error() -> None:
+    state = DiscoveryState()
+    line = b'{"type": "snapshot", "epoch": "e", "version": 1, "workloads": ' + b"[" * 50000
+    with pytest.raises(WireError, match="nested deeper"):  # was RecursionError
+        state.apply_line(line + b"]" * 50000 + b"}")
+
+
+def test_a_delta_with_a_bad_service_key_changes_nothing() -> None:
+    import json
+
+    from tests.fuzz.targets.discovery import SNAPSHOT
+
+    state = DiscoveryState()
+    state.apply(SNAPSHOT)
+    before = (dict(state.workloads), dict(state.services), state.version)
+    delta = {"type": "delta", "epoch": SNAPSHOT.epoch, "version": SNAPSHOT.version + 1,
+             "remove": {"workloads": ["uid-a"], "services": ["default/b", "not a key"]}}
+    # was an IdentityError after uid-a had already been removed (half-applied)
+    with pytest.raises(WireError, match=r"remove\.services\[1\]"):
+        state.apply_line(json.dumps(delta).encode())
+    assert (dict(state.workloads), dict(state.services), state.version) == before
+    with pytest.raises(WireError, match=r"remove\.services\[0\]"):
+        state.apply(Delta(SNAPSHOT.epoch, SNAPSHOT.version + 1, remove_workloads=("uid-a",),
+                          remove_services=("bad",)))
+    assert dict(state.workloads) == before[0]
+
+
+def test_line_splitter_scans_a_long_line_once() -> None:
+    s = LineSplitter(limit=1 << 20)
+    for _ in range(255):
+        assert list(s.feed(b"x" * 4096)) == []
+    assert s._scanned == 255 * 4096
+    assert [len(line) for line in s.feed(b"y\nz")] == [255 * 4096 + 1]
+    assert list(s.feed(b"\n")) == [b"z"]

@@ -134,3 +134,18 @@ def test_zds_round_trip(message: zds.Message) -> None:
 def test_zds_rejects(data: bytes, fragment: str) -> None:
     with pytest.raises(WireError, match=fragment):
         zds.decode(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"type": "keep", "seq": 1, "uid": ' + b"[" * 30000 + b"]" * 30000 + b"}",
+        b'{"type": "ack", "seq": 1' + b"0" * 4400 + b"}",
+        b'{"type": "ack", "seq": 1, "seq": 2, "error": null}',
+    ],
+    ids=["deep-nesting", "5000-digit-seq", "duplicate-key"],
+)
+def test_zds_decode_refuses_hostile_json_with_wire_error(data: bytes) -> None:
+    # deep nesting raised RecursionError and the long number ValueError (issue 10)
+    with pytest.raises(WireError):
+        zds.decode(data)

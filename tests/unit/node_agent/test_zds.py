@@ -180,3 +180,34 @@ async def test_add_tells_the_ztunnel_the_redirection_mode(
     assert zds.decode(zds.encode(zds.AddPod(3, workload(), "ebpf"))) == zds.AddPod(
         3, workload(), "ebpf")
     assert zds.decode(zds.encode(zds.AddPod(3, workload()))).redirection is None
+
+
+DEEP = b'{"type": "ack", "seq": 1, "error": ' + b"[" * 30000 + b"]" * 30000 + b"}"
+
+
+async def test_deeply_nested_hello_is_a_zds_error(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    client, server = pair
+    server.send(DEEP)
+    with pytest.raises(ZdsError, match="bad hello"):  # was RecursionError
+        async with ZdsConnection(client, ack_timeout=1.0):
+            pass
+
+
+async def test_deeply_nested_ack_closes_the_connection_at_once(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    # the reader died of RecursionError: the waiter hung until its timeout, and __aexit__
+    # re-raised the RecursionError
+    client, server = pair
+    fake = FakeZtunnel(server)
+    fake.hello()
+    async with ZdsConnection(client, ack_timeout=30.0) as conn:
+        task = asyncio.create_task(conn.keep("a"))
+        await fake.recv()
+        server.send(DEEP)
+        with pytest.raises(ZdsError, match="malformed message from the ztunnel"):
+            async with asyncio.timeout(5):
+                await task
+        assert conn.closed.is_set()

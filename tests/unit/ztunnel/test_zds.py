@@ -13,7 +13,7 @@ from meshapi.model import Workload
 from tests.unit.ztunnel.helpers import workload
 from ztunnel.errors import PodError
 from ztunnel.metrics import Metrics
-from ztunnel.zds import ZdsServer, ZdsSession, recv_packet
+from ztunnel.zds import TRUNCATED, ZdsServer, ZdsSession, recv_packet
 
 POD_A = workload("a", "10.78.1.2")
 POD_B = workload("b", "10.78.1.3")
@@ -195,3 +195,23 @@ async def test_server_over_a_real_socket_replaces_the_old_agent(tmp_path: Path) 
         pods.close()
     assert not path.exists()
     assert json.loads(hello)["type"] == "hello"
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        # the ack carried the seq back and the agent could not decode it: connection dropped
+        (b'{"type": "keep", "seq": 1' + b"0" * 30 + b', "uid": "a"}', "out of range"),
+        (b'{"type": "keep", "seq": 3, "uid": ' + b"[" * 30000 + b"]" * 30000 + b"}", "nested"),
+        (TRUNCATED, "truncated"),
+    ],
+    ids=["seq-out-of-range", "deep-nesting", "truncated"],
+)
+async def test_hostile_messages_get_an_ack_the_agent_can_decode(
+    data: bytes, fragment: str
+) -> None:
+    metrics = Metrics()
+    session = ZdsSession(FakePods(), metrics, node="node-1")
+    reply = ack(await session.handle(data, []))  # decodes: seq within range
+    assert reply.seq == 0 and reply.error is not None and fragment in reply.error
+    assert errors(metrics, "malformed") == 1
