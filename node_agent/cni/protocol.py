@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, NewType, NotRequired, TypedDict, cast
 
+from meshapi import wire
+from meshapi.errors import WireError
 from meshapi.ids import PodUid, is_dns_label, is_dns_subdomain
 from node_agent.cni.errors import CniCode, CniRequestError
 
@@ -258,19 +260,6 @@ def parse_cni_args(raw: str) -> CniArgs:
     return CniArgs(namespace, name, PodUid(uid) if uid is not None else None, infra)
 
 
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"key {key!r} appears twice in one object")
-        out[key] = value
-    return out
-
-
 def decode_config(body: bytes, command: str) -> NetConfWire:
     """The configuration: a JSON object with a supported ``cniVersion``, ``name`` and ``type``."""
     if len(body) > MAX_CONFIG_BYTES:
@@ -279,10 +268,10 @@ def decode_config(body: bytes, command: str) -> NetConfWire:
             command=command,
         )
     try:
-        raw = json.loads(
-            body.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_reject_constant
-        )
-    except (UnicodeDecodeError, ValueError) as exc:
+        # duplicate keys, NaN/Infinity (also as 1e999: the result passed through would not be
+        # JSON), and nesting deeper than wire.MAX_JSON_DEPTH are refused
+        raw = wire.loads(body)
+    except WireError as exc:
         raise CniRequestError(
             f"network configuration on stdin is not JSON: {exc}",
             "the runtime passes the plugin's entry of the CNI config list, with cniVersion and "

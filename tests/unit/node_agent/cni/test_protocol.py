@@ -132,6 +132,18 @@ BAD_REQUESTS: list[tuple[str, bytes, int, str]] = [
         "key 'name' appears twice",
     ),
     ("config list", frame(cni_env(), b"[1]"), CniCode.DECODING_FAILURE, "JSON list, not an object"),
+    (  # was RecursionError: the agent answered nothing and logged a handler failure
+        "deep nesting",
+        frame(cni_env(), b'{"cniVersion": "1.0.0", "x": ' + b"[" * 50000 + b"]" * 50000 + b"}"),
+        CniCode.DECODING_FAILURE,
+        "nested deeper than 64",
+    ),
+    (  # was accepted as inf, and the ADD result then carried Infinity: not JSON
+        "number overflows to infinity",
+        frame(cni_env(), json.dumps(config()).replace('"dns": {}', '"dns": {"x": 1e999}').encode()),
+        CniCode.DECODING_FAILURE,
+        "1e999 is out of range",
+    ),
     ("empty config", frame(cni_env(), b""), CniCode.DECODING_FAILURE, "not JSON"),
     (
         "no cniVersion",

@@ -146,6 +146,16 @@ async def test_invalid_del_succeeds(server: CniServer, backend: FakeBackend) -> 
     assert backend.calls == []
 
 
+async def test_deeply_nested_config_is_answered(server: CniServer, backend: FakeBackend) -> None:
+    # json raised RecursionError past the handler: no response frame, the plugin saw EOF
+    deep = b'{"cniVersion": "1.0.0", "x": ' + b"[" * 50000 + b"]" * 50000 + b"}"
+    code, body = await call(server.path, frame(cni_env(), deep))
+    assert code == 1 and error_of(body)["code"] == CniCode.DECODING_FAILURE
+    assert "nested deeper" in error_of(body)["msg"]
+    assert await call(server.path, frame(cni_env("DEL"), deep)) == (0, b"")
+    assert backend.calls == []
+
+
 async def test_oversized_request(sock_path: str, backend: FakeBackend) -> None:
     async with CniServer(sock_path, backend, max_request_bytes=4096):
         code, body = await call(sock_path, frame(cni_env(), config(pad="x" * 10000)))
