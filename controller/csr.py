@@ -8,15 +8,15 @@ scheduled on it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller.errors import CsrRejected
+from meshapi import wire
 from meshapi.csr import MAX_CSR_BYTES
-from meshapi.errors import IdentityError
+from meshapi.errors import IdentityError, WireError
 from meshapi.ids import NodeName, SpiffeId
 from meshapi.model import Workload
 
@@ -26,13 +26,16 @@ def parse_request_body(body: bytes) -> bytes:
     if len(body) > MAX_CSR_BYTES:
         raise CsrRejected("too_large", f"request body exceeds {MAX_CSR_BYTES} bytes", 413)
     try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        obj = wire.loads(body)
+    except WireError as exc:
         raise CsrRejected("malformed", f'body is not JSON {{"csr": "<PEM>"}}: {exc}') from exc
     if not isinstance(obj, dict) or not isinstance(obj.get("csr"), str):
         raise CsrRejected("malformed", 'body must be a JSON object {"csr": "<PEM>"}')
     pem: str = obj["csr"]
-    return pem.encode("utf-8")
+    if not pem.isascii():
+        # PEM is ASCII; a lone surrogate ("\ud800") would not even encode
+        raise CsrRejected("malformed", "csr is not a PEM PKCS#10 request: not ASCII text")
+    return pem.encode("ascii")
 
 
 def validate_csr(pem: bytes, trust_domain: str) -> tuple[x509.CertificateSigningRequest, SpiffeId]:

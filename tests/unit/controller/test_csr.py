@@ -126,3 +126,65 @@ def test_a_scheduled_pod_without_ip_authorizes_its_identity() -> None:
     authorize(NodeName("node-1"), web, [], {("node-1", "default", "web")})
     with pytest.raises(CsrRejected):
         authorize(NodeName("node-2"), web, [], {("node-1", "default", "web")})
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        # RecursionError and UnicodeEncodeError reached aiohttp (a 500, not counted)
+        (b'{"csr": ' + b"[" * 8000 + b"]" * 8000 + b"}", "nested deeper"),
+        (b'{"csr": "-----BEGIN CERTIFICATE REQUEST-----\\ud800"}', "not ASCII"),
+        (b'{"csr": "a", "csr": "b"}', "appears twice"),
+        (b'{"csr": NaN}', "NaN"),
+    ],
+    ids=["deep-nesting", "lone-surrogate", "repeated-key", "nan"],
+)
+def test_hostile_bodies_are_malformed(body: bytes, fragment: str) -> None:
+    with pytest.raises(CsrRejected) as info:
+        parse_request_body(body)
+    assert (info.value.reason, info.value.status) == ("malformed", 400)
+    assert fragment in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("spiffe://cluster.local/ns/default/sa/..", "san"),
+        ("spiffe://cluster.local/ns/default/sa/web/../../ns/kube-system/sa/admin", "san"),
+        ("spiffe://cluster.local/ns/default/sa/w%65b", "san"),
+        ("spiffe://cluster.local/ns/default%2Fsa%2Fweb/sa/web", "san"),
+        ("spiffe://cluster.local/ns/Default/sa/web", "san"),
+        ("spiffe://cluster.local/ns/default/sa/web?x=1", "san"),
+        ("spiffe://u@cluster.local/ns/default/sa/web", "san"),
+        ("spiffe://cluster.local:1/ns/default/sa/web", "san"),
+    ],
+)
+def test_odd_spiffe_ids_are_refused(uri: str, reason: str) -> None:
+    with pytest.raises(CsrRejected) as info:
+        validate_csr(make_csr([uri]), TD)
+    assert info.value.reason == reason, info.value.message
+
+
+def test_ed25519_and_truncated_der_are_refused() -> None:
+    import base64
+    import re
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+           .add_extension(x509.SubjectAlternativeName(
+               [x509.UniformResourceIdentifier("spiffe://cluster.local/ns/default/sa/web")]),
+               critical=False)
+           .sign(key, None).public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(CsrRejected) as info:
+        validate_csr(csr, TD)
+    assert info.value.reason == "key_type" and "Ed25519" in info.value.message
+    der = base64.b64decode(re.sub(r"-----[^-]+-----|\n", "", make_csr().decode()))
+    pem = b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(der[:-20]) + \
+        b"-----END CERTIFICATE REQUEST-----\n"
+    with pytest.raises(CsrRejected) as info:
+        validate_csr(pem, TD)
+    assert info.value.reason == "malformed"
