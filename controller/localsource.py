@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from controller import yamlload
 from controller.dirwatch import DirWatch, WatchUnavailable, open_watch
 from controller.metrics import Metrics
 from controller.source import IssueLog
@@ -40,9 +41,6 @@ log = logging.getLogger(__name__)
 SUFFIXES = (".yaml", ".yml")
 Signature = tuple[str, int, int, int]
 
-# the C loader is much faster, with the same safety (no arbitrary objects)
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
 
 @dataclass(frozen=True, slots=True)
 class FileContent:
@@ -55,7 +53,7 @@ class FileContent:
 def load_documents(source: str, text: str) -> FileContent:
     """Parse a multi-document YAML text (the signature is filled in by the caller)."""
     try:
-        docs = list(yaml.load_all(text, Loader=_Loader))  # SafeLoader: no arbitrary objects
+        docs = yamlload.load_all(text)  # SafeLoader, bounded: no objects, no alias bombs
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
@@ -158,6 +156,12 @@ class LocalSource:
         return True
 
     def _read(self, path: str, sig: Signature) -> FileContent:
+        if sig[2] > yamlload.MAX_YAML_BYTES:  # refused before it is read into memory
+            return FileContent(sig, (), ConfigIssue(
+                path, "", "",
+                f"file is {sig[2]} bytes, more than the {yamlload.MAX_YAML_BYTES} accepted; "
+                "nothing in this file was applied (split it into several files)",
+            ))
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

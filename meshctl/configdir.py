@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from controller import yamlload
 from meshctl.errors import ClusterError
 
 
@@ -54,7 +55,9 @@ def read_all(config_dir: Path) -> list[tuple[Path, object]]:
         if path.name.startswith("."):
             continue
         try:
-            out.append((path, yaml.safe_load(path.read_text())))
-        except (OSError, yaml.YAMLError):
+            docs = yamlload.load_all(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
+        if len(docs) <= 1:  # as yaml.safe_load: an empty file is None, several documents skipped
+            out.append((path, docs[0] if docs else None))
     return out

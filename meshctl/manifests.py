@@ -14,7 +14,7 @@ from typing import Final
 
 import yaml
 
-from controller import translate
+from controller import translate, yamlload
 from meshapi.ids import is_dns_label, is_dns_subdomain
 from meshctl import configdir
 from meshctl.errors import ManifestError
@@ -104,7 +104,7 @@ def _doc(source: str, index: int, doc: object) -> Manifest:
 def parse(text: str, source: str) -> list[Manifest]:
     """Every non-empty document of ``text``, validated; raises on the first invalid one."""
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = yamlload.load_all(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -123,6 +123,9 @@ def parse(text: str, source: str) -> list[Manifest]:
 
 def read(path: str) -> list[Manifest]:
     try:
+        if path != "-" and (size := Path(path).stat().st_size) > yamlload.MAX_YAML_BYTES:
+            raise ManifestError(path, None, "", f"is {size} bytes, more than the "
+                                f"{yamlload.MAX_YAML_BYTES} accepted; split it into several files")
         text = Path(path).read_text() if path != "-" else _stdin()
     except OSError as exc:
         raise ManifestError(path, None, "", f"cannot read: {exc.strerror}") from exc
@@ -134,7 +137,8 @@ def read(path: str) -> list[Manifest]:
 def _stdin() -> str:
     import sys
 
-    return sys.stdin.read()
+    # one character more than accepted: parse() then refuses it with the size in the message
+    return sys.stdin.read(yamlload.MAX_YAML_BYTES + 1)
 
 
 def apply(paths: list[str], config_dir: Path) -> list[Manifest]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from controller import translate
+from controller import translate, yamlload
 from meshapi import discovery
 from meshapi.constants import CONTROLLER_METRICS_PORT
 from meshapi.errors import IdentityError, MeshApiError
@@ -93,8 +93,8 @@ def validate_text(
     """Every invalid object of ``text``; with ``live`` (the configuration in force), also every
     L7 attribute that cannot apply on the ports of the workloads a policy selects."""
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-        docs = list(yaml.safe_load_all(text))
+        nodes = yamlload.compose_all(text)
+        docs = yamlload.load_all(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         return [Problem(source, mark.line + 1 if mark is not None else None, "", "",

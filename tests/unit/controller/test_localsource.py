@@ -113,3 +113,26 @@ async def test_run_sees_a_change_at_once_with_inotify_not_at_the_next_poll(
         stop.set()
         async with asyncio.timeout(5):
             await task  # stop wakes the watcher: no wait for the rescan interval
+
+
+def test_oversized_or_unreadable_value_keeps_last_good(tmp_path: Path) -> None:
+    from controller import yamlload
+
+    sink, metrics = Sink(), Metrics()
+    src = LocalSource(tmp_path, "cluster.local", sink, metrics)
+    write(tmp_path / "a.yaml", pod(uid="u1"))
+    src.poll_once()
+    good = sink.last.workloads
+    # the timestamp raised ValueError out of poll_once: the watch loop died
+    (tmp_path / "a.yaml").write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n"
+                                     "status: {startTime: 2024-13-45}\n")
+    src.poll_once()
+    assert sink.last.workloads == good
+    (err,) = src.errors
+    assert err.source == str(tmp_path / "a.yaml") and "line 4" in err.object
+    assert "month must be in 1..12" in err.message
+    (tmp_path / "a.yaml").write_text("#" * (yamlload.MAX_YAML_BYTES + 1))
+    src.poll_once()
+    assert sink.last.workloads == good
+    (err,) = src.errors
+    assert err.source == str(tmp_path / "a.yaml") and "more than the" in err.message

@@ -122,3 +122,25 @@ def test_core_objects_get_the_controllers_validation() -> None:
         manifests.parse(text, "svc.yaml")
     assert "spec.ports[0].port" in str(info.value)
     assert "svc.yaml" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("a: " + "[" * 2000 + "]" * 2000 + "\n", "nest"),  # was RecursionError
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: x, creationTimestamp: 2024-13-45}\n",
+         "line 3"),  # was ValueError
+    ],
+)
+def test_hostile_yaml_is_a_manifest_error(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ManifestError) as err:
+        manifests.read(_write(tmp_path, text))
+    assert str(err.value).startswith(str(tmp_path / "m.yaml")) and fragment in str(err.value)
+
+
+def test_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    from controller import yamlload
+
+    path = _write(tmp_path, "#" * (yamlload.MAX_YAML_BYTES + 1))
+    with pytest.raises(ManifestError, match="more than the"):
+        manifests.read(path)

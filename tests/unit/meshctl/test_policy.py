@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from meshapi.discovery import Snapshot
 from meshapi.ids import NodeName, PodUid, SpiffeId
 from meshapi.model import Endpoint, Service, ServicePort, Workload
@@ -182,3 +184,21 @@ spec:
         (10, "spec.rules[0].from[0].source.principals[0]"),
         (13, "spec.rules[0].to[0].operation.verbs"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("a:\n  b: " + "[" * 2000 + "]" * 2000 + "\n", 2, "nest"),  # was RecursionError
+        ("apiVersion: security.nodemesh.io/v1\nkind: AuthorizationPolicy\n"
+         "metadata: {name: p, namespace: default}\nspec: {action: !!bool maybe}\n", 4,
+         "cannot read bool"),  # was KeyError
+    ],
+)
+def test_validate_reports_hostile_yaml_with_its_line(
+    tmp_path: Path, text: str, line: int, fragment: str
+) -> None:
+    f = tmp_path / "x.yaml"
+    f.write_text(text)
+    (p,) = policy.validate([str(f)])
+    assert p.file == str(f) and p.line == line and fragment in p.message
