@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   iproute2 iptables nftables kmod procps psmisc curl ca-certificates openssl iputils-ping
-  iperf3 wrk tcpdump prometheus vagrant
+  iperf3 wrk tcpdump prometheus haproxy vagrant
   python3-bpfcc bpfcc-tools linux-headers-amd64
   python3 python3-venv python3-dev gcc make libc6-dev
 )
@@ -20,7 +20,8 @@ if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Packages with services (prometheus) must not start them: we run our own instances.
+  # Packages with services (prometheus, haproxy) must not start them: we run our own
+  # instances (the benchmark's sidecars are HAProxy processes it starts and stops itself).
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   rm -f /usr/sbin/policy-rc.d
