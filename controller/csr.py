@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller.errors import CsrRejected
@@ -45,13 +46,13 @@ def validate_csr(pem: bytes, trust_domain: str) -> tuple[x509.CertificateSigning
         raise CsrRejected("malformed", f"csr is not a PEM PKCS#10 request: {exc}") from exc
     try:
         signature_ok = csr.is_signature_valid
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CsrRejected("signature", f"csr signature cannot be checked: {exc}") from exc
     if not signature_ok:
         raise CsrRejected("signature", "csr signature is invalid (not signed by its own key)")
     try:
         key = csr.public_key()
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CsrRejected("key_type", f"csr public key is unsupported: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         kind = (

@@ -61,23 +61,23 @@ def _text(draw: st.DrawFn) -> bytes:
 
 
 _TEXT = _text() | mutated(_text())
-#: the three YAML targets parse the same kind of text (and translate it): half the examples each
-_HALF = settings(max_examples=max(1, settings().max_examples // 2))
+#: the three YAML targets parse the same kind of text (and translate it): a third of the examples each
+_THIRD = settings(max_examples=max(1, settings().max_examples // 3))
 
 
-@_HALF
+@_THIRD
 @given(_TEXT)
 def test_yaml_localsource_near_valid(data: bytes) -> None:
     check("yaml.localsource", data)
 
 
-@_HALF
+@_THIRD
 @given(_TEXT)
 def test_yaml_manifests_near_valid(data: bytes) -> None:
     check("yaml.manifests", data)
 
 
-@_HALF
+@_THIRD
 @given(_TEXT)
 def test_yaml_policy_near_valid(data: bytes) -> None:
     check("yaml.policy", data)

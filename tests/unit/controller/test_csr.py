@@ -188,3 +188,20 @@ def test_ed25519_and_truncated_der_are_refused() -> None:
     with pytest.raises(CsrRejected) as info:
         validate_csr(pem, TD)
     assert info.value.reason == "malformed"
+
+
+def test_unknown_curve_is_refused_not_raised() -> None:
+    # cryptography raised UnsupportedAlgorithm from is_signature_valid: a 500, not counted
+    import base64
+    import re
+
+    der = base64.b64decode(re.sub(r"-----[^-]+-----|\n", "", make_csr().decode()))
+    p256 = bytes.fromhex("06082a8648ce3d030107")
+    assert p256 in der
+    bogus = der.replace(p256, bytes.fromhex("06082a8648ce3d030109"))
+    pem = b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(bogus) + \
+        b"-----END CERTIFICATE REQUEST-----\n"
+    with pytest.raises(CsrRejected) as info:
+        validate_csr(pem, TD)
+    assert info.value.reason in ("signature", "key_type", "malformed"), info.value.message
+    assert info.value.status == 400
