@@ -42,7 +42,7 @@ def parse_request_body(body: bytes) -> bytes:
 def validate_csr(pem: bytes, trust_domain: str) -> tuple[x509.CertificateSigningRequest, SpiffeId]:
     try:
         csr = x509.load_pem_x509_csr(pem)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CsrRejected("malformed", f"csr is not a PEM PKCS#10 request: {exc}") from exc
     try:
         signature_ok = csr.is_signature_valid
@@ -67,7 +67,7 @@ def validate_csr(pem: bytes, trust_domain: str) -> tuple[x509.CertificateSigning
         raise CsrRejected(
             "san", "csr has no subjectAltName; it needs exactly one URI SAN with the SPIFFE id"
         ) from None
-    except ValueError as exc:
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise CsrRejected("malformed", f"csr extensions cannot be parsed: {exc}") from exc
     names = list(san)
     if len(names) != 1 or not isinstance(names[0], x509.UniformResourceIdentifier):

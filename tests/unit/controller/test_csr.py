@@ -205,3 +205,18 @@ def test_unknown_curve_is_refused_not_raised() -> None:
         validate_csr(pem, TD)
     assert info.value.reason in ("signature", "key_type", "malformed"), info.value.message
     assert info.value.status == 400
+
+
+def test_csr_version_other_than_1_is_malformed() -> None:
+    # load_pem_x509_csr raised x509.InvalidVersion (not a ValueError): a 500, not counted
+    import base64
+    import re
+
+    der = bytearray(base64.b64decode(re.sub(r"-----[^-]+-----|\n", "", make_csr().decode())))
+    at = der.find(bytes.fromhex("020100"))  # CertificationRequestInfo.version = 0 (v1)
+    der[at + 2] = 1
+    pem = b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(bytes(der)) + \
+        b"-----END CERTIFICATE REQUEST-----\n"
+    with pytest.raises(CsrRejected) as info:
+        validate_csr(pem, TD)
+    assert info.value.reason == "malformed" and "not a PEM PKCS#10" in info.value.message
