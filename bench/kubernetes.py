@@ -31,7 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.__main__ import CLUSTER_LOCK, ROOT, meshctl, percentile, pods
+from bench.common import CLUSTER_LOCK, ROOT, meshctl, percentile, pods
 from tests.fakes.kubenode import (
     ExtraPod,
     KubeNode,
