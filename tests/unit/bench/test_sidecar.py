@@ -16,7 +16,7 @@ def test_client_config_routes_each_app_port_over_verified_mtls() -> None:
     assert "    maxconn 9950" in cfg.splitlines()
     assert "ssl-default-server-options ssl-min-ver TLSv1.3" in cfg
     assert "    user haproxy" in cfg.splitlines()
-    for app_port, (local, tls) in sidecar.PORTS.items():
+    for app_port, (local, _tls) in sidecar.PORTS.items():
         assert f"listen outbound_{app_port}" in cfg
         assert f"    bind 127.0.0.1:{local}" in cfg.splitlines()
     server_lines = [ln for ln in cfg.splitlines() if ln.startswith("    server ")]
