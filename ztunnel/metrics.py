@@ -200,7 +200,10 @@ class HboneEvents:
         self._metrics = metrics
         self._pod = pod
 
-    def refused(self, reason: str, peer: object) -> None:
+    def refused(
+        self, reason: str, peer: object, *, identity: object = None, detail: str = ""
+    ) -> None:
         self._metrics.hbone_refusals.labels(reason).inc()
         self._metrics.reject(f"hbone_{reason}")
-        log.warning("HBONE refused for pod %s from %s: %s", self._pod, peer, reason)
+        log.warning("HBONE refused for pod %s from %s (%s): %s%s", self._pod, peer,
+                    identity or "identity unknown", reason, f": {detail}" if detail else "")

@@ -61,7 +61,8 @@ def _text(draw: st.DrawFn) -> bytes:
 
 
 _TEXT = _text() | mutated(_text())
-#: the three YAML targets parse the same kind of text (and translate it): a third of the examples each
+#: the three YAML targets parse the same kind of text (and translate it): a third of the
+#: examples each
 _THIRD = settings(max_examples=max(1, settings().max_examples // 3))
 
 

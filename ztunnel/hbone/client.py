@@ -67,7 +67,7 @@ class _ClientConnection(HboneConnection):
                 f"expected {expected}; is the workload's address stale or reused?"
             )
 
-    def on_refused(self, reason: str, exc: BaseException | None) -> None:
+    def on_refused(self, reason: str, exc: BaseException | None, detail: str = "") -> None:
         if self.ready.done():
             return
         peer = f"{self.key[2][0]}:{self.key[2][1]}"

@@ -30,6 +30,22 @@ Invariants:
   ``WRITE_HIGH`` and resumed below ``WRITE_LOW``.
 * ``connection_lost`` fails every stream and clears every reference (streams, h2, TLS objects,
   transport) so no cycle keeps a closed connection alive.
+
+Bounds against a hostile peer (both sides; :class:`ConnectionLimits`, each refusal counted through
+``on_protocol_error(reason)`` with a reason from the server's ``REFUSAL_REASONS``):
+
+* Write side: once the bytes queued for the peer (the TCP transport's write buffer) pass
+  ``max_write_buffer`` the connection is aborted (``write_buffer_full``). DATA never leaves while
+  the transport is paused, so only answers the peer asked for and does not read (PING and
+  SETTINGS ACKs, RST_STREAMs) can grow it.
+* Header blocks are bounded in our own framing, before ``h2`` buffers the fragments: at most
+  ``max_header_block`` raw bytes (HEADERS/PUSH_PROMISE plus CONTINUATIONs) and
+  ``max_continuations`` CONTINUATION frames per block; the decoded list is bounded by
+  ``MAX_HEADER_LIST`` (hpack's decoder, set before our SETTINGS are acknowledged).
+* Frames that cost CPU without progress (DATA without payload or END_STREAM, PRIORITY, unknown
+  frame types) and control frames that need an answer (PING, SETTINGS) each have a budget per
+  ``abuse_window`` seconds; over it the peer gets GOAWAY ENHANCE_YOUR_CALM.
+* Every check is O(1) per frame, and none touches DATA payload bytes.
 """
 
 from __future__ import annotations
@@ -38,7 +54,8 @@ import asyncio
 import collections
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import h2.config
@@ -57,10 +74,14 @@ log = logging.getLogger(__name__)
 # frame types and flags (RFC 9113 section 6)
 DATA = 0x0
 HEADERS = 0x1
+PRIORITY = 0x2
 RST_STREAM = 0x3
+SETTINGS = 0x4
 PUSH_PROMISE = 0x5
+PING = 0x6
 WINDOW_UPDATE = 0x8
 CONTINUATION = 0x9
+FLAG_ACK = 0x1
 FLAG_END_STREAM = 0x1
 FLAG_END_HEADERS = 0x4
 FLAG_PADDED = 0x8
@@ -83,6 +104,68 @@ WRITE_LOW = 256 * 1024
 #: TCP transport write buffer limits (TLS records waiting for the kernel)
 TRANSPORT_HIGH = 1024 * 1024
 TRANSPORT_LOW = 256 * 1024
+
+# --- bounds against a hostile peer (ConnectionLimits' defaults) ---------------------------
+#: bytes queued for a peer (TCP write buffer) above which it is cut off: the transport pauses
+#: DATA at TRANSPORT_HIGH, so only unread answers (PING/SETTINGS ACKs, RST_STREAM) pass this
+MAX_WRITE_BUFFER = 4 * 1024 * 1024
+#: raw (HPACK-encoded) bytes of one header block; HPACK never makes a block much larger than
+#: the decoded list it carries, so twice MAX_HEADER_LIST leaves room for padding and priority
+MAX_HEADER_BLOCK = 2 * MAX_HEADER_LIST
+#: CONTINUATION frames in one header block (our CONNECT fits in one HEADERS frame)
+MAX_CONTINUATIONS = 16
+#: the window, in seconds, of the per-connection budgets below
+ABUSE_WINDOW = 10.0
+#: frames without progress per window: DATA with neither payload nor END_STREAM, PRIORITY,
+#: unknown frame types, empty CONTINUATION
+MAX_EMPTY_FRAMES = 1000
+#: PING and SETTINGS frames (each needs an answer) per window
+MAX_CONTROL_FRAMES = 1000
+#: RST_STREAM from the peer per window (server side)
+MAX_PEER_RESETS = 1000
+#: streams the peer reset before their handler answered, plus streams refused because handlers
+#: of reset streams still held the slots, per window (server side: "Rapid Reset")
+MAX_PREMATURE_RESETS = 100
+#: seconds between TLS and the end of the client preface + first SETTINGS (server side)
+PREFACE_TIMEOUT = 5.0
+#: seconds a server connection may stay without streams before GOAWAY (above the pool's 60 s)
+IDLE_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Per-connection bounds against a hostile peer (see the module docstring)."""
+
+    max_write_buffer: int = MAX_WRITE_BUFFER
+    max_header_block: int = MAX_HEADER_BLOCK
+    max_continuations: int = MAX_CONTINUATIONS
+    max_empty_frames: int = MAX_EMPTY_FRAMES
+    max_control_frames: int = MAX_CONTROL_FRAMES
+    max_peer_resets: int = MAX_PEER_RESETS
+    max_premature_resets: int = MAX_PREMATURE_RESETS
+    abuse_window: float = ABUSE_WINDOW
+    preface_timeout: float = PREFACE_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+
+
+class Budget:
+    """At most ``limit`` events per ``window`` seconds (a fixed window: O(1), no timer)."""
+
+    __slots__ = ("count", "limit", "start", "window")
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self.count = 0
+        self.start = -window
+
+    def spend(self, now: float) -> bool:
+        """Count one event at ``now``; True when the budget is exceeded."""
+        if now - self.start >= self.window:
+            self.start = now
+            self.count = 0
+        self.count += 1
+        return self.count > self.limit
 
 
 def _frame_header(length: int, ftype: int, flags: int, stream_id: int) -> bytes:
@@ -128,6 +211,12 @@ class HboneStream(asyncio.Transport):
         self._done = False
         #: client side: completed with the response headers
         self.response: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
+        #: server side: the :status was sent (a reset before it is "premature")
+        self.answered = False
+        #: server side: holders of the stream's slot left (its handler, its protocol)
+        self.holds = 0
+        #: called once, after the protocol's connection_lost ran (or at once without protocol)
+        self.on_released: Callable[[], None] | None = None
 
     # --- asyncio.Transport API ------------------------------------------------------------
 
@@ -351,10 +440,23 @@ class HboneStream(asyncio.Transport):
         self.pending_size = 0
         self._rbuf.clear()
         proto = self._protocol
+        release, self.on_released = self.on_released, None
         if proto is not None and conn is not None:
-            conn.loop.call_soon(proto.connection_lost, exc)
+            conn.loop.call_soon(_deliver_lost, proto, exc, release)
+        elif release is not None:
+            release()
         self._protocol = None
         self._conn = None
+
+
+def _deliver_lost(
+    proto: asyncio.BaseProtocol, exc: Exception | None, release: Callable[[], None] | None
+) -> None:
+    try:
+        proto.connection_lost(exc)
+    finally:
+        if release is not None:
+            release()
 
 
 class HboneConnection(asyncio.Protocol):
@@ -368,8 +470,10 @@ class HboneConnection(asyncio.Protocol):
         *,
         max_concurrent_streams: int = DEFAULT_MAX_STREAMS,
         handshake_timeout: float = 10.0,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.limits = limits = limits if limits is not None else ConnectionLimits()
         self._context: ssl.SSLContext | None = context
         self._handshake_timeout = handshake_timeout
         self._max_streams = max_concurrent_streams
@@ -404,9 +508,17 @@ class HboneConnection(asyncio.Protocol):
             },
         )
         self.h2.max_inbound_frame_size = MAX_FRAME
+        # hpack applies our MAX_HEADER_LIST_SIZE only once the peer ACKs our SETTINGS
+        self.h2.decoder.max_header_list_size = MAX_HEADER_LIST
         self._preface_left = len(PREFACE) if self.server_side else 0
+        #: the peer's first frame (its SETTINGS) has not been parsed yet
+        self._awaiting_settings = True
         self._rbuf = bytearray()
         self._expect_continuation = False
+        self._header_block = 0
+        self._continuations = 0
+        self._empty_budget = Budget(limits.max_empty_frames, limits.abuse_window)
+        self._control_budget = Budget(limits.max_control_frames, limits.abuse_window)
         self._wbuf: list[bytes | memoryview] = []
         self._transport_paused = False
         self.streams: dict[int, HboneStream] = {}
@@ -441,11 +553,17 @@ class HboneConnection(asyncio.Protocol):
     def on_ready(self) -> None:
         """TLS established, peer accepted, HTTP/2 preface sent."""
 
-    def on_refused(self, reason: str, exc: BaseException | None) -> None:
-        """The peer was refused before HTTP/2 (TLS, identity)."""
+    def on_refused(self, reason: str, exc: BaseException | None, detail: str = "") -> None:
+        """The peer was refused before HTTP/2 (TLS, identity, caps)."""
 
-    def on_protocol_error(self, reason: str) -> None:
-        """The peer broke HTTP/2; the connection is being closed."""
+    def on_protocol_error(self, reason: str, detail: str = "") -> None:
+        """The peer broke HTTP/2 or a limit; the connection is being closed."""
+
+    def on_settings_received(self) -> None:
+        """The peer's connection preface and first SETTINGS frame arrived."""
+
+    def on_peer_reset(self, stream: HboneStream | None) -> None:
+        """The peer sent RST_STREAM (``stream`` None: one we had forgotten already)."""
 
     def on_event(self, event: Any) -> None:
         """An h2 event not handled by the common code (requests, responses)."""
@@ -638,6 +756,7 @@ class HboneConnection(asyncio.Protocol):
         self._wbuf.clear()
         if self._loop_tls:
             transport.write(data)
+            self._check_write_buffer(transport)
             return
         sslobj = self._sslobj
         assert sslobj is not None
@@ -652,8 +771,36 @@ class HboneConnection(asyncio.Protocol):
         self._flush_tls()
 
     def _flush_tls(self) -> None:
-        if self._out_bio is not None and self._out_bio.pending and self._transport is not None:
-            self._transport.write(self._out_bio.read())
+        transport = self._transport
+        if self._out_bio is not None and self._out_bio.pending and transport is not None:
+            transport.write(self._out_bio.read())
+            self._check_write_buffer(transport)
+
+    def _check_write_buffer(self, transport: asyncio.Transport) -> None:
+        queued = transport.get_write_buffer_size()
+        if queued > self.limits.max_write_buffer and not self.closed:
+            self.on_protocol_error(
+                "write_buffer_full",
+                f"{queued} bytes queued for a peer that does not read (bound "
+                f"{self.limits.max_write_buffer}); answers to its PING/SETTINGS/RST_STREAM?",
+            )
+            self.abort()
+
+    def refuse_connection(self, reason: str, detail: str, code: int) -> None:
+        """A limit was exceeded: GOAWAY ``code``, count ``reason``, close this connection only.
+        A peer that does not read its GOAWAY is aborted instead of waited for."""
+        if self.closed:
+            return
+        log.debug("HBONE peer %s: %s", self.peername, detail)
+        self.goaway(code)
+        if self.closed:
+            return  # the GOAWAY itself overflowed the write bound
+        self.on_protocol_error(reason, detail)
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size() > 0:
+            self.abort()
+        else:
+            self.close_transport()
 
     def close_transport(self) -> None:
         if self.closed:
@@ -723,10 +870,29 @@ class HboneConnection(asyncio.Protocol):
             if end > n:
                 break
             if self._expect_continuation or (ftype != DATA and ftype != WINDOW_UPDATE):
-                self._expect_continuation = (
-                    ftype in (HEADERS, PUSH_PROMISE, CONTINUATION)
-                    and not flags & FLAG_END_HEADERS
-                )
+                if self._awaiting_settings:
+                    # h2 refuses any first frame but SETTINGS (a connection error)
+                    self._awaiting_settings = False
+                    if ftype == SETTINGS:
+                        self.on_settings_received()
+                if ftype == CONTINUATION or ftype == HEADERS or ftype == PUSH_PROMISE:
+                    if ftype == CONTINUATION:
+                        self._header_block += length
+                        self._continuations += 1
+                    else:
+                        self._header_block = length
+                        self._continuations = 0
+                    self._expect_continuation = not flags & FLAG_END_HEADERS
+                    if not self._check_header_block(ftype, length):
+                        return
+                    if ftype == HEADERS and not self._check_stream(buf, pos, "HEADERS"):
+                        return
+                else:
+                    self._expect_continuation = False
+                    if not self._check_frame(ftype, flags):
+                        return
+                    if ftype == RST_STREAM and not self._check_stream(buf, pos, "RST_STREAM"):
+                        return
                 self._feed_h2(bytes(buf[pos:end]))
             else:
                 sid = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
@@ -740,6 +906,68 @@ class HboneConnection(asyncio.Protocol):
         if pos:
             del buf[:pos]
 
+    def _check_header_block(self, ftype: int, length: int) -> bool:
+        """Bound a header block before h2 buffers it; False when the connection is refused."""
+        limits = self.limits
+        if self._header_block > limits.max_header_block:
+            self.refuse_connection(
+                "header_block_too_large",
+                f"header block of {self._header_block}+ bytes (bound {limits.max_header_block})",
+                h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+            )
+            return False
+        if self._continuations > limits.max_continuations:
+            self.refuse_connection(
+                "continuation_flood",
+                f"{self._continuations} CONTINUATION frames in one header block (bound "
+                f"{limits.max_continuations})",
+                h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+            )
+            return False
+        if ftype == CONTINUATION and length == 0 and self._expect_continuation:
+            return self._spend_empty("empty CONTINUATION frames")
+        return True
+
+    def _check_stream(self, buf: bytearray, pos: int, what: str) -> bool:
+        """A HEADERS or RST_STREAM for a stream already closed is answered (h2 sends
+        RST_STREAM) or ignored, but costs h2's work: budget it like an empty frame."""
+        sid = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+        h2c = self.h2
+        if sid in self.streams or h2c is None:
+            return True
+        if sid > max(h2c.highest_inbound_stream_id, h2c.highest_outbound_stream_id):
+            return True  # a new stream (or an idle one, which h2 refuses)
+        return self._spend_empty(f"{what} on closed streams")
+
+    def _check_frame(self, ftype: int, flags: int) -> bool:
+        """Budgets of a control frame given to h2; False when the connection is refused."""
+        if ftype == PING or ftype == SETTINGS:
+            if flags & FLAG_ACK:
+                return True
+            if self._control_budget.spend(self.loop.time()):
+                self.refuse_connection(
+                    "control_flood",
+                    f"more than {self.limits.max_control_frames} PING/SETTINGS frames in "
+                    f"{self.limits.abuse_window}s",
+                    h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+                )
+                return False
+            return True
+        if ftype == PRIORITY or ftype > CONTINUATION:
+            return self._spend_empty("PRIORITY or unknown frames")
+        return True
+
+    def _spend_empty(self, what: str) -> bool:
+        if self._empty_budget.spend(self.loop.time()):
+            self.refuse_connection(
+                "empty_frames",
+                f"more than {self.limits.max_empty_frames} frames without progress ({what}) in "
+                f"{self.limits.abuse_window}s",
+                h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+            )
+            return False
+        return True
+
     def _feed_h2(self, frame: bytes) -> None:
         if self.h2 is None:
             return
@@ -747,13 +975,18 @@ class HboneConnection(asyncio.Protocol):
             events = self.h2.receive_data(frame)
         except h2.exceptions.TooManyStreamsError:
             self._drain_h2()
-            self.on_protocol_error("too_many_streams")
+            self.on_protocol_error("too_many_streams", "more streams than SETTINGS allow")
+            self.close_transport()
+            return
+        except h2.exceptions.DenialOfServiceError as exc:
+            self._drain_h2()  # h2 queued a GOAWAY
+            self.on_protocol_error("header_list_too_large", str(exc))
             self.close_transport()
             return
         except h2.exceptions.ProtocolError as exc:
             self._drain_h2()  # h2 queued a GOAWAY
             log.debug("HBONE protocol error from %s: %s", self.peername, exc)
-            self.on_protocol_error("protocol_error")
+            self.on_protocol_error("protocol_error", str(exc))
             self.close_transport()
             return
         self._drain_h2()
@@ -765,7 +998,7 @@ class HboneConnection(asyncio.Protocol):
     def _protocol_error(self, message: str, code: int) -> None:
         log.debug("HBONE protocol error from %s: %s", self.peername, message)
         self.goaway(code)
-        self.on_protocol_error("protocol_error")
+        self.on_protocol_error("protocol_error", message)
         self.close_transport()
 
     def _on_h2_event(self, event: Any) -> None:
@@ -782,6 +1015,8 @@ class HboneConnection(asyncio.Protocol):
                     if code == h2.errors.ErrorCodes.NO_ERROR
                     else HboneStreamError(f"HBONE stream reset by peer ({_code_name(code)})")
                 )
+            if event.remote_reset:
+                self.on_peer_reset(stream)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._on_settings(event)
         elif isinstance(event, h2.events.ConnectionTerminated):
@@ -817,6 +1052,14 @@ class HboneConnection(asyncio.Protocol):
         if codes.INITIAL_WINDOW_SIZE in changed:
             new = changed[codes.INITIAL_WINDOW_SIZE].new_value
             delta = new - self.peer_initial_window
+            if delta > 0 and any(s.send_window + delta > MAX_WINDOW
+                                 for s in self.streams.values()):
+                # RFC 9113 6.9.2: a stream window past 2^31-1 is a connection error
+                self._protocol_error(
+                    "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream window",
+                    h2.errors.ErrorCodes.FLOW_CONTROL_ERROR,
+                )
+                return
             self.peer_initial_window = new
             for stream in self.streams.values():
                 stream.send_window += delta
@@ -837,8 +1080,14 @@ class HboneConnection(asyncio.Protocol):
         if stream is None or stream.remote_ended:
             # closed, reset or never opened: credit the connection, refuse the stream
             self._credit_connection(length)
-            if sid == 0 or self.h2 is None:
+            h2c = self.h2
+            if sid == 0 or h2c is None:
                 self._protocol_error("DATA on stream 0", h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            elif sid > max(h2c.highest_inbound_stream_id, h2c.highest_outbound_stream_id):
+                # RFC 9113 5.1: DATA on an idle stream is a connection error
+                self._protocol_error("DATA on an idle stream", h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            elif length == 0 and not self._spend_empty("empty DATA frames on closed streams"):
+                return
             else:
                 self._queue(
                     _frame_header(4, RST_STREAM, 0, sid)
@@ -864,6 +1113,8 @@ class HboneConnection(asyncio.Protocol):
             stream.recv_unacked += 1 + pad
         if pend > pstart:
             stream.received(bytes(buf[pstart:pend]))
+        elif not flags & FLAG_END_STREAM and not self._spend_empty("empty DATA frames"):
+            return
         if flags & FLAG_END_STREAM:
             self._feed_h2(_empty_end_stream(sid))
 
@@ -882,6 +1133,7 @@ class HboneConnection(asyncio.Protocol):
         else:
             stream = self.streams.get(sid)
             if stream is None:
+                self._spend_empty("WINDOW_UPDATE on closed streams")
                 return
             if inc == 0 or stream.send_window + inc > MAX_WINDOW:
                 self.reset_stream(stream, h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
