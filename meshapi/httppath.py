@@ -82,8 +82,9 @@ def parse_mode(value: str) -> PathNormalization:
         return PathNormalization(value)
     except ValueError:
         choices = ", ".join(m.value for m in PathNormalization)
-        raise ValueError(f"{value!r} is not a path normalization (expected one of {choices})") \
-            from None
+        raise ValueError(
+            f"{value!r} is not a path normalization (expected one of {choices})"
+        ) from None
 
 
 def split_query(target_path: str) -> tuple[str, str]:

@@ -36,8 +36,9 @@ def loads(data: bytes | str, path: str = "") -> object:
         )
     except RecursionError:
         # the decoder recurses per level: this input nests far deeper than MAX_JSON_DEPTH
-        raise WireError(path, f"not JSON we accept: nested deeper than {MAX_JSON_DEPTH} "
-                              "levels") from None
+        raise WireError(
+            path, f"not JSON we accept: nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, our hooks, int digits
         raise WireError(path, f"not JSON: {exc}") from exc
     _check_depth(value, path)
@@ -76,8 +77,7 @@ def _check_depth(value: object, path: str) -> None:
         else:
             continue
         if depth > MAX_JSON_DEPTH:
-            raise WireError(path, f"not JSON we accept: nested deeper than {MAX_JSON_DEPTH} "
-                                  "levels")
+            raise WireError(path, f"not JSON we accept: nested deeper than {MAX_JSON_DEPTH} levels")
         stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
 
 
