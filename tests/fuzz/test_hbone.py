@@ -49,3 +49,8 @@ def test_hbone_server_raw_bytes(control: bytes, data: bytes, with_start: bool) -
 @given(_CONTROL, st.binary(max_size=256), st.booleans())
 def test_hbone_client_raw_bytes(control: bytes, data: bytes, with_start: bool) -> None:
     check("hbone.client_frames", control + (server_start() if with_start else b"") + data)
+
+
+@given(session(server_side=False))
+def test_hbone_client_frames(data: bytes) -> None:
+    check("hbone.client_frames", data)

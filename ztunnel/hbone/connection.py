@@ -209,6 +209,7 @@ class HboneStream(asyncio.Transport):
         self._rbuf_eof = False
         self._closing = False
         self._done = False
+        self._lost_exc: Exception | None = None
         #: client side: completed with the response headers
         self.response: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
         #: server side: the :status was sent (a reset before it is "premature")
@@ -326,7 +327,13 @@ class HboneStream(asyncio.Transport):
     # --- called by the connection ---------------------------------------------------------
 
     def attach(self, protocol: asyncio.BaseProtocol) -> None:
-        """Start delivering to ``protocol`` (after the CONNECT exchange)."""
+        """Start delivering to ``protocol`` (after the CONNECT exchange). A stream that was
+        lost in between (the 200 and a reset or the connection's end arrived in one read) still
+        gives the protocol its ``connection_lost``, so nobody waits on a dead stream."""
+        if self._done:
+            protocol.connection_made(self)
+            asyncio.get_running_loop().call_soon(_deliver_lost, protocol, self._lost_exc, None)
+            return
         self._protocol = protocol
         protocol.connection_made(self)
         if self._conn is not None:
@@ -431,6 +438,7 @@ class HboneStream(asyncio.Transport):
             return
         self._done = True
         self._closing = True
+        self._lost_exc = exc
         conn = self._conn
         if conn is not None:
             conn.forget(self)
