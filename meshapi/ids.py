@@ -15,17 +15,19 @@ PodUid = NewType("PodUid", str)
 NodeName = NewType("NodeName", str)
 
 # RFC 1123 labels / DNS subdomains as Kubernetes uses them for names and namespaces.
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
+# fullmatch, never match with "$": "$" also matches before a trailing newline.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
 
 
 def is_dns_label(value: str) -> bool:
-    return bool(_DNS_LABEL.match(value))
+    return _DNS_LABEL.fullmatch(value) is not None
 
 
 def is_dns_subdomain(value: str) -> bool:
-    return bool(_DNS_SUBDOMAIN.match(value))
+    """At most 253 characters of dot-separated RFC 1123 labels (no empty label)."""
+    return len(value) <= 253 and _DNS_SUBDOMAIN.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -37,7 +39,7 @@ class SpiffeId:
     service_account: str
 
     def __post_init__(self) -> None:
-        if not _TRUST_DOMAIN.match(self.trust_domain):
+        if _TRUST_DOMAIN.fullmatch(self.trust_domain) is None:
             raise IdentityError(f"invalid trust domain {self.trust_domain!r}")
         if not is_dns_label(self.namespace):
             raise IdentityError(f"invalid namespace {self.namespace!r} in SPIFFE id")

@@ -247,12 +247,12 @@ def parse_cni_args(raw: str) -> CniArgs:
             code=CniCode.INVALID_ENV,
         )
     uid = pairs.get("K8S_POD_UID")
-    if uid is not None and not _POD_UID.match(uid):
+    if uid is not None and _POD_UID.fullmatch(uid) is None:
         raise CniRequestError(
             f"CNI_ARGS: K8S_POD_UID {uid[:80]!r} is not a pod UID", code=CniCode.INVALID_ENV
         )
     infra = pairs.get("K8S_POD_INFRA_CONTAINER_ID")
-    if infra is not None and not _CONTAINER_ID.match(infra):
+    if infra is not None and _CONTAINER_ID.fullmatch(infra) is None:
         raise CniRequestError(
             f"CNI_ARGS: K8S_POD_INFRA_CONTAINER_ID {infra[:80]!r} is not a container ID",
             code=CniCode.INVALID_ENV,
@@ -404,7 +404,7 @@ def _attachment(
     env: Mapping[str, str], command: str, version: str, net_name: str
 ) -> PodAttachment:
     container_id = _require(env, "CNI_CONTAINERID", command, version)
-    if not _CONTAINER_ID.match(container_id):
+    if _CONTAINER_ID.fullmatch(container_id) is None:
         raise CniRequestError(
             f"CNI_CONTAINERID {container_id[:80]!r} is not a container ID (alphanumeric first, "
             "then alphanumerics, '_', '.', '-')",

@@ -27,6 +27,14 @@ def test_spiffe_round_trip(text: str) -> None:
         ("spiffe://Cluster Local/ns/a/sa/b", "invalid trust domain"),
         ("spiffe://cluster.local/ns/A_B/sa/b", "invalid namespace"),
         ("spiffe://cluster.local/ns/a/sa/", "invalid service account"),
+        # "$" matches before a trailing newline: the patterns must match the whole string
+        ("spiffe://cluster.local/ns/a/sa/b\n", "invalid service account"),
+        ("spiffe://cluster.local/ns/a\n/sa/b", "invalid namespace"),
+        ("spiffe://cluster.local\n/ns/a/sa/b", "invalid trust domain"),
+        # a DNS subdomain has no empty label
+        ("spiffe://cluster.local/ns/a/sa/a..b", "invalid service account"),
+        ("spiffe://cluster.local/ns/a/sa/a.-b", "invalid service account"),
+        ("spiffe://cluster.local/ns/a/sa/" + "a" * 254, "invalid service account"),
     ],
 )
 def test_spiffe_rejects(text: str, fragment: str) -> None:

@@ -351,6 +351,9 @@ CNI_ARGS_TABLE: list[tuple[str, str | None]] = [
     ("K8S_POD_NAME=web_0", "K8S_POD_NAME 'web_0' is not a Kubernetes pod name"),
     ("K8S_POD_UID=a/b", "K8S_POD_UID 'a/b' is not a pod UID"),
     ("K8S_POD_INFRA_CONTAINER_ID=x y", "K8S_POD_INFRA_CONTAINER_ID 'x y' is not a container ID"),
+    # a trailing newline ("$" would match before it)
+    ("K8S_POD_UID=ab\n", "K8S_POD_UID 'ab\\n' is not a pod UID"),
+    ("K8S_POD_INFRA_CONTAINER_ID=ab\n", "K8S_POD_INFRA_CONTAINER_ID 'ab\\n' is not a container ID"),
 ]
 
 
