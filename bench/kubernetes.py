@@ -84,7 +84,7 @@ def measure(node: KubeNode, samples: int, tmp: Path) -> dict[str, list[float]]:
     manifest = tmp / "bench-pods.yaml"
     manifest.write_text("\n---\n".join(json.dumps(o) for o in objects))
     meshctl("apply", "-f", str(manifest))
-    time.sleep(1.0)  # the controller polls its directory every 0.25 s
+    time.sleep(1.0)  # the controller's inotify watch picks the file up; let it settle
     try:
         for i, (row, name, _sa, uid) in enumerate(plan):
             pod = make_pod(f"b{i}", f"10.78.1.{100 + i}")

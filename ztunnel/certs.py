@@ -155,6 +155,10 @@ def _base_context(server_side: bool) -> ssl.SSLContext:
     # Identity is the SPIFFE URI SAN, checked by ztunnel.tls after the handshake.
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
+    if server_side:
+        # the pool keeps connections open and never resumes a session: the two TLS 1.3 session
+        # tickets OpenSSL mints by default per handshake would be work and bytes for nothing
+        ctx.num_tickets = 0
     return ctx
 
 

@@ -42,6 +42,7 @@ async def test_acquire_dedups_and_refcounts() -> None:
     cert = certs[0]
     assert cert.server_context.minimum_version == ssl.TLSVersion.TLSv1_3
     assert cert.server_context.verify_mode == ssl.CERT_REQUIRED
+    assert cert.server_context.num_tickets == 0  # no session tickets: the pool never resumes
     assert cert.client_context.verify_mode == ssl.CERT_REQUIRED
     assert not cert.client_context.check_hostname
     assert store.infos()[0].identity == ALICE
