@@ -68,3 +68,8 @@ class HboneTimeout(HboneError):
 
 class HboneStreamError(HboneError):
     """An established HBONE stream was reset or its connection was lost."""
+
+
+class HboneUnprocessed(HboneStreamError):
+    """The peer's GOAWAY names a last stream below this one: it never saw the stream, so the
+    request is safe to send again on another connection (RFC 9113 section 6.8)."""

@@ -10,7 +10,9 @@ Invariants (the pool):
   new destination makes one TLS handshake, not one per stream.
 * A connection carries at most ``max_streams_per_connection`` streams (and no more than the
   server's SETTINGS_MAX_CONCURRENT_STREAMS); beyond that a new connection is opened.
-* A connection that received GOAWAY or is closing takes no new streams; one without streams for
+* A connection that received GOAWAY or is closing takes no new streams; a CONNECT that the
+  GOAWAY says the server never saw (a higher stream id than its last) is sent once more, on
+  another connection. A connection without streams for
   ``idle_timeout`` is closed. When a connection dies every stream on it gets
   ``connection_lost(HboneStreamError)``.
 * Each connection holds a reference on its source certificate (``CertificateStore.acquire``)
@@ -38,6 +40,7 @@ from ztunnel.errors import (
     HboneStatusError,
     HboneStreamError,
     HboneTimeout,
+    HboneUnprocessed,
 )
 from ztunnel.hbone.connection import HboneConnection, HboneStream
 
@@ -201,28 +204,37 @@ class HbonePool:
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
-        async with lock:
-            conn = self._pick(key)
-            if conn is None:
-                conn = await self._connect(key, connect_socket)
-            stream = conn.start_stream(authority, headers)
-        assert stream.response is not None
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                resp = await stream.response
-        except TimeoutError:
-            stream.abort()
-            raise HboneTimeout(
-                f"HBONE CONNECT {authority} via {peer[0]}:{peer[1]} got no answer within "
-                f"{self.connect_timeout}s; is the destination's ztunnel overloaded?"
-            ) from None
-        except HboneStreamError as exc:
-            raise HboneConnectError(
-                f"HBONE CONNECT {authority} via {peer[0]}:{peer[1]} failed: {exc}"
-            ) from exc
-        except BaseException:
-            stream.abort()
-            raise
+        for last_try in (False, True):
+            async with lock:
+                conn = self._pick(key)
+                if conn is None:
+                    conn = await self._connect(key, connect_socket)
+                stream = conn.start_stream(authority, headers)
+            assert stream.response is not None
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    resp = await stream.response
+                break
+            except TimeoutError:
+                stream.abort()
+                raise HboneTimeout(
+                    f"HBONE CONNECT {authority} via {peer[0]}:{peer[1]} got no answer within "
+                    f"{self.connect_timeout}s; is the destination's ztunnel overloaded?"
+                ) from None
+            except HboneUnprocessed as exc:
+                # the peer's GOAWAY (its idle close, a drain) crossed our CONNECT and it never
+                # saw the stream: once more, on a connection that takes streams
+                if last_try:
+                    raise HboneConnectError(
+                        f"HBONE CONNECT {authority} via {peer[0]}:{peer[1]} failed: {exc}"
+                    ) from exc
+            except HboneStreamError as exc:
+                raise HboneConnectError(
+                    f"HBONE CONNECT {authority} via {peer[0]}:{peer[1]} failed: {exc}"
+                ) from exc
+            except BaseException:
+                stream.abort()
+                raise
         status = _status(resp)
         if status != 200:
             stream.abort()

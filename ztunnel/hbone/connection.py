@@ -66,7 +66,7 @@ import h2.exceptions
 import h2.settings
 
 from meshapi.ids import SpiffeId
-from ztunnel.errors import HboneStreamError, TlsIdentityError
+from ztunnel.errors import HboneStreamError, HboneUnprocessed, TlsIdentityError
 from ztunnel.tls import peer_identity
 
 log = logging.getLogger(__name__)
@@ -1030,12 +1030,12 @@ class HboneConnection(asyncio.Protocol):
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaway_received = True
             last = event.last_stream_id if event.last_stream_id is not None else 0
-            err = HboneStreamError(
-                f"HBONE peer {self.peername} sent GOAWAY ({_code_name(event.error_code or 0)})"
-            )
+            why = f"HBONE peer {self.peername} sent GOAWAY ({_code_name(event.error_code or 0)})"
             for sid, stream in list(self.streams.items()):
-                if sid > last or event.error_code != 0:
-                    stream.lost(err)
+                if sid > last:
+                    stream.lost(HboneUnprocessed(f"{why}; stream {sid} after its last {last}"))
+                elif event.error_code != 0:
+                    stream.lost(HboneStreamError(why))
             if event.error_code != 0 or not self.streams:
                 self.close_transport()
         elif isinstance(
